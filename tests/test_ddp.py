@@ -1,0 +1,47 @@
+"""Two-process CPU DDP (gloo) against a one-process run with gradient accumulation 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from tiny_models import tiny_vit
+
+WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
+
+
+def _run(cmd: list[str], tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_two_process_ddp_matches_gradient_accumulation(tmp_path):
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    _run([*launch, str(WORKER), str(ddp_dir), "1"], tmp_path)
+    _run([sys.executable, str(WORKER), str(single_dir), "2"], tmp_path)
+
+    with safe_open(str(ddp_dir / "rank0.safetensors"), "pt") as f:
+        assert f.metadata()["world_size"] == "2"
+        assert f.metadata()["steps"] == "3"
+    rank0 = load_file(ddp_dir / "rank0.safetensors")
+    rank1 = load_file(ddp_dir / "rank1.safetensors")
+    single = load_file(single_dir / "rank0.safetensors")
+    assert rank0.keys() == rank1.keys() == single.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), f"ranks disagree on {name}"
+        torch.testing.assert_close(rank0[name], single[name], atol=1e-5, rtol=0, msg=name)
+    original = dict(tiny_vit().named_parameters())
+    w0_norm = original["classifier.weight"].norm().item()
+    assert abs(rank0["classifier.weight"].norm().item() - w0_norm) < 1e-5
+    assert (
+        rank0["vit.embeddings.patch_embeddings.projection.weight"]
+        - original["vit.embeddings.patch_embeddings.projection.weight"]
+    ).abs().max() > 1e-4

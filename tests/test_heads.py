@@ -1,0 +1,92 @@
+"""Head lookup on many `AutoModelForImageClassification` architectures, built from tiny configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+
+from hf_fst.heads import find_linear_head, project_weight_norm_, reinitialize_linear_
+
+VIT_LIKE = dict(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+
+# (config class, model class, tiny config kwargs, expected head path)
+ARCHITECTURES = {
+    "resnet": (tf.ResNetConfig, tf.ResNetForImageClassification, dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]), "classifier.1"),
+    "regnet": (tf.RegNetConfig, tf.RegNetForImageClassification, dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], groups_width=8), "classifier.1"),
+    "vit": (tf.ViTConfig, tf.ViTForImageClassification, dict(VIT_LIKE, intermediate_size=32), "classifier"),
+    "deit": (tf.DeiTConfig, tf.DeiTForImageClassification, dict(VIT_LIKE, intermediate_size=32), "classifier"),
+    "beit": (tf.BeitConfig, tf.BeitForImageClassification, dict(VIT_LIKE, intermediate_size=32), "classifier"),
+    "dinov2": (tf.Dinov2Config, tf.Dinov2ForImageClassification, VIT_LIKE, "classifier"),
+    "convnext": (tf.ConvNextConfig, tf.ConvNextForImageClassification, dict(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2), "classifier"),
+    "swin": (tf.SwinConfig, tf.SwinForImageClassification, dict(image_size=16, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=2), "classifier"),
+    "efficientnet": (tf.EfficientNetConfig, tf.EfficientNetForImageClassification, dict(image_size=32, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=32), "classifier"),
+    "mobilenet_v2": (tf.MobileNetV2Config, tf.MobileNetV2ForImageClassification, dict(image_size=16, depth_multiplier=0.25), "classifier"),
+    "mobilenet_v1": (tf.MobileNetV1Config, tf.MobileNetV1ForImageClassification, dict(image_size=16, depth_multiplier=0.25), "classifier"),
+    "levit": (tf.LevitConfig, tf.LevitForImageClassification, dict(image_size=32, hidden_sizes=[16, 32, 48], num_attention_heads=[1, 2, 3], depths=[1, 1, 1], key_dim=[8, 8, 8], patch_size=16), "classifier.linear"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_finds_the_head(arch):
+    config_cls, model_cls, kwargs, expected = ARCHITECTURES[arch]
+    model = model_cls(config_cls(num_labels=7, **kwargs))
+    name, head = find_linear_head(model)
+    assert name == expected
+    assert isinstance(head, torch.nn.Linear) and head.out_features == 7
+    assert model.get_submodule(name) is head
+
+
+def test_head_of_the_same_size_as_a_hidden_layer():
+    # num_labels == hidden_size: only the layer outside the backbone is the head.
+    config_cls, model_cls, kwargs, _ = ARCHITECTURES["vit"]
+    model = model_cls(config_cls(num_labels=16, **kwargs))
+    assert find_linear_head(model)[0] == "classifier"
+
+
+@pytest.mark.parametrize(
+    ("model_cls", "config", "pick"),
+    [
+        (tf.DeiTForImageClassificationWithTeacher, tf.DeiTConfig(num_labels=4, intermediate_size=32, **VIT_LIKE), "cls_classifier"),
+        (tf.LevitForImageClassificationWithTeacher, tf.LevitConfig(num_labels=4, **ARCHITECTURES["levit"][2]), "classifier"),
+    ],
+)  # fmt: skip
+def test_two_heads_are_ambiguous(model_cls, config, pick):
+    model = model_cls(config)
+    with pytest.raises(ValueError, match="several candidate heads.*head_name="):
+        find_linear_head(model)
+    name, head = find_linear_head(model, head_name=pick)
+    assert isinstance(head, torch.nn.Linear) and name.startswith(pick)
+
+
+def test_head_name_resolves_a_container():
+    model = ARCHITECTURES["resnet"][1](ARCHITECTURES["resnet"][0](num_labels=3, **ARCHITECTURES["resnet"][2]))
+    assert find_linear_head(model, head_name="classifier")[0] == "classifier.1"
+
+
+def test_head_name_not_a_single_linear():
+    model = ARCHITECTURES["vit"][1](ARCHITECTURES["vit"][0](num_labels=3, **ARCHITECTURES["vit"][2]))
+    with pytest.raises(ValueError, match="head_name='vit.layers'.*exactly one nn.Linear"):
+        find_linear_head(model, head_name="vit.layers")
+
+
+def test_plain_module():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    with pytest.raises(ValueError, match="several candidate heads"):
+        find_linear_head(model)
+    assert find_linear_head(model, head_name="2")[0] == "2"
+
+
+def test_reinitialize_is_seeded_and_bounded():
+    layer = torch.nn.Linear(64, 10)
+    reinitialize_linear_(layer, torch.Generator().manual_seed(0))
+    first = layer.weight.detach().clone()
+    assert first.abs().max() <= 1 / 8 and first.abs().max() > 0.1
+    reinitialize_linear_(layer, torch.Generator().manual_seed(0))
+    assert torch.equal(first, layer.weight)
+
+
+def test_projection():
+    weight = torch.randn(10, 20)
+    project_weight_norm_(weight, 3.5)
+    assert weight.norm().item() == pytest.approx(3.5, rel=1e-6)

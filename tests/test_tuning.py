@@ -1,0 +1,311 @@
+"""FSTTrainer against the paper's description: equivalence, modes, projection, resume, errors."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import NUM_LABELS, random_image_rows, tiny_resnet, tiny_vit
+from transformers import TrainerCallback
+
+from hf_fst import FSTConfig, FSTTrainer
+from hf_fst.tuning import FST_STATE_NAME, TUNING_MODES
+
+
+def make_args(tmp_path, **overrides) -> FSTConfig:
+    kwargs = dict(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",
+        seed=7,
+        data_seed=7,
+    )
+    kwargs.update(overrides)
+    return FSTConfig(**kwargs)
+
+
+def params(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def reference_tuning(model, rows, mode: str, alpha: float, steps: int, lr: float, seed: int, project: bool):
+    """The paper's procedure written out in plain PyTorch: one full batch per optimizer step."""
+    model = copy.deepcopy(model).train()
+    head = model.classifier[1]
+    w0 = head.weight.detach().clone()
+    w0_norm = w0.norm()
+    if mode in ("fst", "ft-init", "fe-tuning"):
+        generator = torch.Generator().manual_seed(seed)
+        bound = 1 / math.sqrt(head.in_features)
+        with torch.no_grad():
+            head.weight.copy_(torch.empty(head.weight.shape).uniform_(-bound, bound, generator=generator))
+            head.bias.copy_(torch.empty(head.bias.shape).uniform_(-bound, bound, generator=generator))
+    for name, p in model.named_parameters():
+        is_head = name.startswith("classifier.")
+        p.requires_grad_(not ((mode == "lp" and not is_head) or (mode == "fe-tuning" and is_head)))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=lr, momentum=0.9, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    x = torch.stack([r["pixel_values"] for r in rows])
+    y = torch.tensor([r["labels"] for r in rows])
+    for _ in range(steps):
+        loss = F.cross_entropy(model(pixel_values=x).logits, y)
+        if mode == "fst":
+            loss = loss + alpha * (head.weight * w0).sum()
+        loss.backward()
+        optimizer.step()
+        if project:
+            with torch.no_grad():
+                head.weight.mul_(w0_norm / head.weight.norm())
+        optimizer.zero_grad()
+        scheduler.step()
+    return model
+
+
+@pytest.mark.parametrize("mode", TUNING_MODES)
+def test_matches_plain_pytorch_loop(tmp_path, mode):
+    rows = random_image_rows(32)
+    model = tiny_resnet()
+    steps = 4
+    args = make_args(
+        tmp_path, tuning_mode=mode, fst_alpha=0.5, num_train_epochs=steps, per_device_train_batch_size=32, seed=3
+    )
+    trainer = FSTTrainer(model=model, args=args, train_dataset=rows)
+    trainer.train()
+    expected = reference_tuning(
+        model, rows, mode, alpha=0.5, steps=steps, lr=0.01, seed=3, project=args.projects_head_norm
+    )
+    got = params(trainer.model)
+    moved = 0.0
+    for name, ref_param in expected.named_parameters():
+        torch.testing.assert_close(got[name], ref_param.detach(), atol=1e-5, rtol=0, msg=f"{mode}: {name}")
+        moved = max(moved, (ref_param.detach() - dict(model.named_parameters())[name].detach()).abs().max().item())
+    assert moved > 1e-3, "training did not change the model: the comparison would be vacuous"
+
+
+@pytest.mark.parametrize("mode", TUNING_MODES)
+def test_mode_trains_exactly_its_parameters(tmp_path, mode):
+    model = tiny_resnet()
+    original = params(model)
+    trainer = FSTTrainer(
+        model=model,
+        args=make_args(tmp_path, tuning_mode=mode, num_train_epochs=1, per_device_train_batch_size=8),
+        train_dataset=random_image_rows(16),
+    )
+    start = params(trainer.model)
+    head_reset = not torch.equal(start["classifier.1.weight"], original["classifier.1.weight"])
+    assert head_reset == (mode in ("fst", "ft-init", "fe-tuning"))
+    assert torch.equal(start["classifier.1.bias"], original["classifier.1.bias"]) != head_reset
+    body = [n for n in start if not n.startswith("classifier.")]
+    assert all(torch.equal(start[n], original[n]) for n in body), "construction must not touch the backbone"
+
+    trainer.train()
+    end = params(trainer.model)
+    changed = {n for n in end if not torch.equal(end[n], start[n])}
+    head = {"classifier.1.weight", "classifier.1.bias"}
+    expected = {"lp": head, "fe-tuning": set(body)}.get(mode, head | set(body))
+    # Every trainable tensor moves (a BN beta with zero gradient would be the only excuse: none here).
+    assert changed == expected
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable == expected
+    # The caller's model is untouched.
+    assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+class _NormRecorder(TrainerCallback):
+    def __init__(self, trainer_ref: list):
+        self.trainer_ref = trainer_ref
+        self.norms: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.norms.append(self.trainer_ref[0].head.weight.norm().item())
+
+
+@pytest.mark.parametrize("accumulation", [1, 2, 3])
+def test_head_norm_after_every_step(tmp_path, accumulation):
+    ref: list = []
+    recorder = _NormRecorder(ref)
+    args = make_args(
+        tmp_path,
+        num_train_epochs=2,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=0.1,
+        fst_alpha=1.0,
+    )
+    trainer = FSTTrainer(model=tiny_resnet(), args=args, train_dataset=random_image_rows(24), callbacks=[recorder])
+    ref.append(trainer)
+    w0_norm = trainer.fst_w0_norm.item()
+    assert abs(trainer.head.weight.norm().item() - w0_norm) > 1e-3  # the fresh head starts off the sphere
+    trainer.train()
+    assert len(recorder.norms) == trainer.state.global_step == 2 * math.ceil(6 / accumulation)
+    for norm in recorder.norms:
+        assert norm == pytest.approx(w0_norm, rel=1e-6)
+
+
+def test_loss_parts_are_logged(tmp_path):
+    args = make_args(tmp_path, num_train_epochs=2, per_device_train_batch_size=8, logging_steps=1, fst_alpha=0.3)
+    trainer = FSTTrainer(model=tiny_resnet(), args=args, train_dataset=random_image_rows(16))
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 4
+    for entry in logs:
+        assert entry["loss"] == pytest.approx(entry["ce_loss"] + entry["fst_penalty"], abs=1e-3)
+        assert entry["fst_penalty"] != 0
+
+
+def test_baseline_logs_no_penalty(tmp_path):
+    args = make_args(tmp_path, tuning_mode="ft", num_train_epochs=1, per_device_train_batch_size=8, logging_steps=1)
+    trainer = FSTTrainer(model=tiny_resnet(), args=args, train_dataset=random_image_rows(16))
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logs and all("fst_penalty" not in e and e["loss"] == pytest.approx(e["ce_loss"], abs=1e-4) for e in logs)
+
+
+def test_projection_option_in_every_mode(tmp_path):
+    args = make_args(tmp_path, tuning_mode="ft", project_head_norm=True, num_train_epochs=1, learning_rate=0.5)
+    trainer = FSTTrainer(model=tiny_resnet(), args=args, train_dataset=random_image_rows(16))
+    trainer.train()
+    assert trainer.head.weight.norm().item() == pytest.approx(trainer.fst_w0_norm.item(), rel=1e-6)
+    plain = FSTTrainer(
+        model=tiny_resnet(),
+        args=make_args(tmp_path, tuning_mode="ft", learning_rate=0.5, num_train_epochs=1),
+        train_dataset=random_image_rows(16),
+    )
+    plain.train()
+    assert abs(plain.head.weight.norm().item() - plain.fst_w0_norm.item()) > 1e-4
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_gives_same_weights(tmp_path):
+    rows = random_image_rows(40)
+    common = dict(num_train_epochs=3, per_device_train_batch_size=8, save_strategy="steps", save_steps=7)
+    model = tiny_resnet()
+
+    full = FSTTrainer(model=model, args=make_args(tmp_path / "full", **common), train_dataset=rows)
+    full.train()
+
+    interrupted = FSTTrainer(
+        model=model, args=make_args(tmp_path / "resume", **common), train_dataset=rows, callbacks=[_StopAt(7)]
+    )
+    interrupted.train()
+    checkpoint = tmp_path / "resume" / "out" / "checkpoint-7"
+    assert (checkpoint / FST_STATE_NAME).is_file()
+    assert interrupted.state.global_step == 7
+
+    # W0 must come from the checkpoint, not from whatever model the resumed trainer is given.
+    other = tiny_resnet(seed=1)
+    resumed = FSTTrainer(model=other, args=make_args(tmp_path / "resume", **common), train_dataset=rows)
+    assert not torch.equal(resumed.fst_w0, full.fst_w0)
+    resumed.train(resume_from_checkpoint=True)
+    assert torch.equal(resumed.fst_w0, full.fst_w0)
+    assert resumed.state.global_step == full.state.global_step == 15
+    expected = params(full.model)
+    for name, value in params(resumed.model).items():
+        torch.testing.assert_close(value, expected[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_resume_from_foreign_checkpoint_is_refused(tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    trainer = FSTTrainer(model=tiny_resnet(), args=make_args(tmp_path), train_dataset=random_image_rows(8))
+    with pytest.raises(ValueError, match=f"resume_from_checkpoint=.*{FST_STATE_NAME}"):
+        trainer.train(resume_from_checkpoint=str(folder))
+
+
+def test_vit_head_and_penalty(tmp_path):
+    args = make_args(tmp_path, num_train_epochs=1, per_device_train_batch_size=8)
+    trainer = FSTTrainer(model=tiny_vit(), args=args, train_dataset=random_image_rows(16))
+    assert trainer.head_name == "classifier"
+    expected = args.fst_alpha * (trainer.head.weight * trainer.fst_w0).sum()
+    torch.testing.assert_close(trainer.fst_penalty(), expected)
+    trainer.train()
+    assert trainer.head.weight.norm().item() == pytest.approx(trainer.fst_w0_norm.item(), rel=1e-6)
+
+
+def test_subclass_overrides(tmp_path):
+    calls = {"penalty": 0, "project": 0}
+
+    class SquaredPenaltyTrainer(FSTTrainer):
+        def fst_penalty(self):
+            calls["penalty"] += 1
+            return self.args.fst_alpha * (self.head.weight * self.fst_w0).sum().pow(2)
+
+        def project_head(self):
+            calls["project"] += 1
+            super().project_head()
+
+    args = make_args(tmp_path, num_train_epochs=1, per_device_train_batch_size=8)
+    trainer = SquaredPenaltyTrainer(model=tiny_resnet(), args=args, train_dataset=random_image_rows(24))
+    trainer.train()
+    assert calls == {"penalty": 3, "project": 3}
+
+
+# ------------------------------------------------------------------------------------------- errors
+def test_unknown_mode(tmp_path):
+    with pytest.raises(ValueError, match=r"tuning_mode='finetune'.*fst, ft, lp, ft-init, fe-tuning"):
+        make_args(tmp_path, tuning_mode="finetune")
+
+
+def test_mode_spellings_are_normalised(tmp_path):
+    assert make_args(tmp_path, tuning_mode="FT_init").tuning_mode == "ft-init"
+
+
+@pytest.mark.parametrize("alpha", [-0.1, float("nan"), float("inf")])
+def test_bad_alpha(tmp_path, alpha):
+    with pytest.raises(ValueError, match="fst_alpha"):
+        make_args(tmp_path, fst_alpha=alpha)
+
+
+def test_model_without_head(tmp_path):
+    from transformers import ResNetConfig, ResNetModel
+
+    backbone = ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]))
+    with pytest.raises(ValueError, match="no linear classification head.*head_name="):
+        FSTTrainer(model=backbone, args=make_args(tmp_path))
+
+
+def test_unknown_head_name(tmp_path):
+    with pytest.raises(ValueError, match="head_name='decoder'"):
+        FSTTrainer(model=tiny_resnet(), args=make_args(tmp_path, head_name="decoder"))
+
+
+def test_everything_frozen(tmp_path):
+    model = tiny_resnet()
+    model.classifier.requires_grad_(False)
+    with pytest.raises(ValueError, match="tuning_mode='lp' leaves no trainable parameter"):
+        FSTTrainer(model=model, args=make_args(tmp_path, tuning_mode="lp"))
+
+
+def test_plain_training_arguments_are_refused(tmp_path):
+    from transformers import TrainingArguments
+
+    with pytest.raises(TypeError, match="FSTConfig"):
+        FSTTrainer(model=tiny_resnet(), args=TrainingArguments(output_dir=str(tmp_path)))
+
+
+def test_defaults_follow_the_paper(tmp_path):
+    args = FSTConfig(output_dir=str(tmp_path))
+    assert (args.learning_rate, args.num_train_epochs, args.per_device_train_batch_size) == (0.01, 10, 128)
+    assert (args.optim, args.optim_args, args.lr_scheduler_type) == ("sgd", "momentum=0.9", "cosine")
+    assert (args.weight_decay, args.max_grad_norm, args.tuning_mode, args.fst_alpha) == (0.0, 0.0, "fst", 0.2)
+    assert args.projects_head_norm and not FSTConfig(output_dir=str(tmp_path), tuning_mode="ft").projects_head_norm
+    trainer = FSTTrainer(model=tiny_resnet(), args=args, train_dataset=random_image_rows(8))
+    optimizer = trainer.create_optimizer()
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.param_groups[0]["momentum"] == 0.9
+    assert NUM_LABELS == trainer.head.out_features
