@@ -92,6 +92,11 @@ class FSTTrainer(Trainer):
         self.args = args
         self.head_name, _ = self.find_head(model)
         super().__init__(copy.deepcopy(model), args, *trainer_args, **trainer_kwargs)
+        if self.is_fsdp_enabled and (self.args.uses_fst_penalty or self.args.projects_head_norm):
+            raise ValueError(
+                "FSDP shards the head weight, so the FST penalty and norm projection would see one shard; "
+                "run FST with DDP (accelerate launch --multi_gpu) instead of an FSDP config"
+            )
 
         head = self.head
         self.fst_w0 = head.weight.detach().clone()

@@ -1,0 +1,156 @@
+"""Throughput of `FSTTrainer` against a minimal hand-written FST loop, measured in one run.
+
+Both train the same small HF ResNet on the same CIFAR-10 images (decoded once, in memory), with
+the same batch size, optimizer, schedule, penalty and projection. Runs alternate (hand, trainer,
+hand, trainer, ...) so machine noise hits both; the figure is the ratio of median throughputs.
+
+    python benchmarks/trainer_throughput.py --num_images 1000 --epochs 10 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import load_dataset
+from transformers import ResNetConfig, ResNetForImageClassification
+
+from hf_fst import FSTConfig, FSTTrainer
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+
+
+class InMemoryImages(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.images[index], "labels": self.labels[index]}
+
+
+def load_images(path: Path, num_images: int) -> InMemoryImages:
+    rows = load_dataset(str(path), split=f"train[:{num_images}]")
+    images = np.stack([np.asarray(img.convert("RGB"), dtype=np.float32) for img in rows["img"]])
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).div_(255.0).sub_(0.5).div_(0.5).contiguous()
+    return InMemoryImages(pixels, torch.tensor(rows["label"]))
+
+
+def timed(fn, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call; CPU time is less hurt by other load."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def hand_written_fst(model, dataset, epochs: int, batch_size: int, alpha: float, seed: int) -> None:
+    """The loop a researcher would write by hand."""
+    torch.manual_seed(seed)
+    model = copy.deepcopy(model).train()
+    head = model.classifier[1]
+    w0 = head.weight.detach().clone()
+    w0_norm = w0.norm()
+    head.reset_parameters()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
+    for _ in range(epochs):
+        for batch in loader:
+            logits = model(pixel_values=batch["pixel_values"]).logits
+            loss = F.cross_entropy(logits, batch["labels"]) + alpha * (head.weight * w0).sum()
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                head.weight.mul_(w0_norm / head.weight.norm())
+            optimizer.zero_grad()
+            scheduler.step()
+
+
+def fst_trainer(model, dataset, epochs: int, batch_size: int, alpha: float, seed: int, out: str) -> None:
+    args = FSTConfig(
+        output_dir=out,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        fst_alpha=alpha,
+        seed=seed,
+        dataloader_num_workers=0,
+    )
+    FSTTrainer(model=model, args=args, train_dataset=dataset).train()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--num_images", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "trainer_throughput.json")
+    args = parser.parse_args()
+
+    dataset = load_images(args.data, args.num_images)
+    config = ResNetConfig(num_channels=3, embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1])
+    config.num_labels = 10
+    torch.manual_seed(0)
+    model = ResNetForImageClassification(config)
+    images = args.num_images * args.epochs
+
+    # One warm-up of each so that first-call costs (allocator, kernels, imports) are not measured.
+    with tempfile.TemporaryDirectory() as out:
+        hand_written_fst(model, dataset, 1, args.batch_size, 0.2, 0)
+        fst_trainer(model, dataset, 1, args.batch_size, 0.2, 0, out)
+        runs = {"hand": [], "trainer": []}
+        for repeat in range(args.repeats):
+            common = (model, dataset, args.epochs, args.batch_size, 0.2, repeat)
+            runs["hand"].append(timed(hand_written_fst, *common))
+            runs["trainer"].append(timed(fst_trainer, *common, out))
+            (hw, hc), (tw, tc) = runs["hand"][-1], runs["trainer"][-1]
+            print(
+                f"repeat {repeat}: wall img/s hand {images / hw:.0f} trainer {images / tw:.0f}; "
+                f"CPU-time img/s hand {images / hc:.0f} trainer {images / tc:.0f}",
+                flush=True,
+            )
+
+    hand = [images / wall for wall, _ in runs["hand"]]
+    trainer = [images / wall for wall, _ in runs["trainer"]]
+    hand_cpu = [images / cpu for _, cpu in runs["hand"]]
+    trainer_cpu = [images / cpu for _, cpu in runs["trainer"]]
+    result = {
+        "command": "python benchmarks/trainer_throughput.py "
+        f"--num_images {args.num_images} --epochs {args.epochs} --repeats {args.repeats}",
+        "model": "HF ResNet hidden_sizes [32,64,128,256], depths [1,1,1,1] (1.2M params)",
+        "images_per_run": images,
+        "batch_size": args.batch_size,
+        "hand_images_per_second": hand,
+        "trainer_images_per_second": trainer,
+        "ratio_of_medians": statistics.median(trainer) / statistics.median(hand),
+        "ratio_per_repeat": [t / h for t, h in zip(trainer, hand, strict=True)],
+        "hand_images_per_cpu_second": hand_cpu,
+        "trainer_images_per_cpu_second": trainer_cpu,
+        "cpu_time_ratio_of_medians": statistics.median(trainer_cpu) / statistics.median(hand_cpu),
+        "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
