@@ -309,3 +309,15 @@ def test_defaults_follow_the_paper(tmp_path):
     assert isinstance(optimizer, torch.optim.SGD)
     assert optimizer.param_groups[0]["momentum"] == 0.9
     assert NUM_LABELS == trainer.head.out_features
+
+
+def test_evaluation_loss_is_plain_cross_entropy(tmp_path):
+    rows = random_image_rows(16)
+    args = make_args(tmp_path, fst_alpha=5.0, per_device_eval_batch_size=16)
+    trainer = FSTTrainer(model=tiny_resnet(), args=args, train_dataset=rows, eval_dataset=rows)
+    metrics = trainer.evaluate()
+    with torch.no_grad():
+        x = torch.stack([r["pixel_values"] for r in rows])
+        y = torch.tensor([r["labels"] for r in rows])
+        expected = F.cross_entropy(trainer.model.eval()(pixel_values=x).logits, y).item()
+    assert metrics["eval_loss"] == pytest.approx(expected, abs=1e-5)

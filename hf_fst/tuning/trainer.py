@@ -159,7 +159,7 @@ class FSTTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
-        """Cross-entropy on the logits, plus `fst_penalty()` in `fst` mode.
+        """Cross-entropy on the logits, plus `fst_penalty()` when training in `fst` mode.
 
         The cross-entropy is computed here rather than by the model because several
         transformers vision models drop `num_items_in_batch`, which mis-scales their own loss
@@ -170,16 +170,13 @@ class FSTTrainer(Trainer):
         labels = inputs["labels"]
         outputs = model(**{k: v for k, v in inputs.items() if k in self._model_input_names})
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        ce_loss = F.cross_entropy(logits.float(), labels)
-        loss = ce_loss
-        penalty = None
-        if self.args.uses_fst_penalty:
-            penalty = self.fst_penalty()
-            loss = ce_loss + penalty.float()
-        if model.training:
-            self._logged_parts["ce_loss"].append(ce_loss.detach())
-            if penalty is not None:
+        loss = F.cross_entropy(logits.float(), labels)
+        if model.training:  # evaluation reports plain cross-entropy
+            self._logged_parts["ce_loss"].append(loss.detach())
+            if self.args.uses_fst_penalty:
+                penalty = self.fst_penalty()
                 self._logged_parts["fst_penalty"].append(penalty.detach())
+                loss = loss + penalty.float()
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
