@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -214,9 +215,21 @@ class FSTTrainer(Trainer):
         self.fst_w0_norm = state["w0_norm"].to(device=device)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        """`Trainer.train`, restoring W0 and ||W0|| first when resuming from a checkpoint."""
+        """`Trainer.train`, restoring W0 and ||W0|| first when resuming, and leaving identical models on all ranks."""
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
         if isinstance(resume_from_checkpoint, (str, os.PathLike)):
             self.load_fst_state(os.fspath(resume_from_checkpoint))
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
+        self.sync_buffers()
+        return output
+
+    def sync_buffers(self) -> None:
+        """Copy rank 0's buffers (BatchNorm running statistics) to every rank after distributed training.
+
+        DDP keeps parameters equal, but each rank updates its buffers in its own last forward pass; without
+        this the ranks would hold slightly different models and only rank 0 would match the saved one.
+        """
+        if self.args.world_size > 1 and dist.is_available() and dist.is_initialized():
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer.data, src=0)

@@ -1,0 +1,299 @@
+#!/usr/bin/env python
+"""Purify a possibly backdoored image classifier with FST (or a baseline tuning mode) and report before/after.
+
+    python recipes/purify.py --model_id ./backdoored --dataset_name ../shared/data/cifar10-jpeg \
+        --attack badnet --tuning_mode fst --fst_alpha 0.2 --output_dir ./purified
+
+    accelerate launch --config_file recipes/accelerate_configs/cpu_2proc.yaml recipes/purify.py ... --use_cpu
+
+Every `TrainingArguments` flag works (`FSTConfig` is one), plus the data, model and attack flags below. The tuning
+set is drawn, seeded, from the clean training split; the input model is evaluated first (C-Acc, ASR, RA), then
+tuned, then evaluated again. `output_dir` gets the model (safetensors), its config with `id2label`, an image
+processor config, a README.md model card and `all_results.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from transformers import set_seed
+
+from hf_fst import FSTConfig, FSTTrainer, backdoor_test_set, evaluate_backdoor
+from hf_fst.data import (
+    AttackArguments,
+    ConfigurationError,
+    DataArguments,
+    ModelArguments,
+    build_transform,
+    check_head,
+    check_output_dir,
+    collate_image_batch,
+    default_image_processor,
+    get_split,
+    label_names,
+    load_classifier,
+    load_image_dataset,
+    load_image_processor,
+    match_attack_to_model,
+    model_input_size,
+    native_image_size,
+    recipe_parser,
+    resolve_columns_or_raise,
+    select_tuning_set,
+    set_label_mapping,
+    take,
+)
+from hf_fst.hub import format_table, get_token_or_raise, push_to_hub, redacted_command, render_model_card
+from hf_fst.metrics import predict
+
+logger = logging.getLogger("hf_fst.purify")
+
+RESULT_KEYS = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
+
+
+@dataclass
+class PurifyArguments:
+    """How the tuning set is drawn."""
+
+    tuning_split_ratio: float = field(
+        default=0.02, metadata={"help": "Share of the clean training split used for tuning (paper: 0.02)."}
+    )
+    num_tuning_samples: int | None = field(
+        default=None, metadata={"help": "Exact tuning-set size; overrides --tuning_split_ratio."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.num_tuning_samples is None and not 0 < self.tuning_split_ratio <= 1:
+            raise ValueError(
+                f"--tuning_split_ratio={self.tuning_split_ratio} is out of range; pass a fraction in (0, 1]"
+            )
+        if self.num_tuning_samples is not None and self.num_tuning_samples <= 0:
+            raise ValueError(
+                f"--num_tuning_samples={self.num_tuning_samples} gives an empty tuning set; pass a positive number"
+            )
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = recipe_parser((DataArguments, ModelArguments, AttackArguments, PurifyArguments, FSTConfig))
+    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _rank_line(args: FSTConfig, results: dict, model: torch.nn.Module) -> str:
+    """One line per process so multi-process runs can be checked for agreement."""
+    checksum = float(sum(t.detach().double().sum() for t in model.state_dict().values()))
+    return json.dumps(
+        {"rank": args.process_index, "world_size": args.world_size, "results": results, "param_sum": checksum}
+    )
+
+
+@dataclass
+class PurifyRun:
+    """Everything `prepare` checked and loaded, ready to evaluate and tune."""
+
+    data_args: DataArguments
+    model_args: ModelArguments
+    attack_args: AttackArguments
+    purify_args: PurifyArguments
+    training_args: FSTConfig
+    push: bool
+    hub_token: str | None
+    names: list[str]
+    image_column: str
+    label_column: str
+    attack: object | None
+    model: torch.nn.Module
+    processor: object | None
+    test_split: object
+    tuning_set: object
+
+
+def prepare(argv: list[str] | None = None) -> PurifyRun:
+    """Parse, validate and load; any bad input raises `ConfigurationError` here, before training or writing."""
+    try:
+        data_args, model_args, attack_args, purify_args, training_args = parse_args(argv)
+        # Keep the token out of the arguments the Trainer logs and pickles; we push ourselves at the end.
+        hub_token, push = training_args.hub_token, training_args.push_to_hub
+        training_args.hub_token, training_args.push_to_hub = None, False
+        set_seed(training_args.seed)
+
+        # Cheap checks first.
+        check_output_dir(
+            training_args.output_dir, model_args.overwrite_output_dir, bool(training_args.resume_from_checkpoint)
+        )
+        if push:
+            hub_token = get_token_or_raise(hub_token)
+
+        raw = load_image_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir)
+        train_split = get_split(raw, data_args.train_split, arg_name="--train_split")
+        test_split = get_split(raw, data_args.test_split, arg_name="--test_split")
+        image_col, label_col = resolve_columns_or_raise(
+            train_split, data_args.image_column_name, data_args.label_column_name
+        )
+        names = label_names(train_split, label_col)
+        attack = None if attack_args.attack.strip().lower() == "none" else attack_args.build(len(names))
+
+        model = load_classifier(model_args.model_id, cache_dir=model_args.cache_dir)
+        check_head(model, len(names), head_name=training_args.head_name)
+        processor = load_image_processor(model_args.model_id)
+        if attack is not None:
+            attack = match_attack_to_model(attack, model, processor, test_split, image_col)
+
+        train_split = take(train_split, data_args.max_train_samples, training_args.seed)
+        test_split = take(test_split, data_args.max_eval_samples, training_args.seed)
+        tuning_set = select_tuning_set(
+            train_split,
+            ratio=purify_args.tuning_split_ratio,
+            num_samples=purify_args.num_tuning_samples,
+            seed=training_args.seed,
+        )
+    except ConfigurationError:
+        raise
+    except ValueError as err:
+        raise ConfigurationError(str(err)) from err
+    logger.info(
+        "tuning set: %d of %d training rows; mode %s", len(tuning_set), len(train_split), training_args.tuning_mode
+    )
+    return PurifyRun(
+        data_args, model_args, attack_args, purify_args, training_args, push, hub_token, names, image_col, label_col,
+        attack, model, processor, test_split, tuning_set,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the recipe; returns the numbers written to `all_results.json`."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    run = prepare(argv)
+    data_args, model_args, purify_args, training_args = (
+        run.data_args,
+        run.model_args,
+        run.purify_args,
+        run.training_args,
+    )
+    attack, model, processor, names = run.attack, run.model, run.processor, run.names
+    image_col, label_col, test_split, tuning_set = run.image_column, run.label_column, run.test_split, run.tuning_set
+
+    # ---- data
+    with training_args.main_process_first(desc="building the backdoor test set"):
+        backdoor_test = None if attack is None else backdoor_test_set(test_split, attack, image_col, label_col)
+    eval_transform = build_transform(model, processor, image_col, label_col, train=False)
+    train_transform = build_transform(
+        model,
+        processor,
+        image_col,
+        label_col,
+        train=True,
+        augment=data_args.augment,
+        horizontal_flip=data_args.horizontal_flip,
+        crop_padding=data_args.crop_padding,
+    )
+    clean_eval = test_split.with_transform(eval_transform)
+    backdoor_eval = None if backdoor_test is None else backdoor_test.with_transform(eval_transform)
+
+    def measure(current: torch.nn.Module) -> dict:
+        current.to(training_args.device)
+        batch_size = training_args.per_device_eval_batch_size
+        if backdoor_eval is None:
+            predictions = predict(current, clean_eval, batch_size=batch_size)
+            accuracy = float(np.mean(predictions == np.asarray(test_split[label_col])))
+            return {"clean_accuracy": accuracy, "attack_success_rate": None, "robust_accuracy": None}
+        found = evaluate_backdoor(current, clean_eval, backdoor_eval, batch_size=batch_size)
+        return {key: float(found[key]) for key in RESULT_KEYS}
+
+    before = measure(model)
+    logger.info("before: %s", before)
+
+    # ---- tune
+    trainer = FSTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=tuning_set.with_transform(train_transform),
+        data_collator=collate_image_batch,
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    purified = trainer.accelerator.unwrap_model(trainer.model)
+    purified.eval()
+    after = measure(purified)
+    logger.info("after: %s", after)
+
+    results = {key: after[key] for key in RESULT_KEYS}
+    results.update({f"before_{key}": before[key] for key in RESULT_KEYS})
+    results.update(
+        {
+            "tuning_mode": training_args.tuning_mode,
+            "fst_alpha": training_args.fst_alpha,
+            "num_tuning_samples": len(tuning_set),
+            "train_loss": train_result.training_loss,
+            "seed": training_args.seed,
+            "attack": None if attack is None else attack.to_dict(),
+        }
+    )
+    print(f"[hf-fst] {_rank_line(training_args, results, purified)}", flush=True)
+
+    # ---- save: the weights collectively, everything else from the main process
+    output_dir = Path(training_args.output_dir)
+    set_label_mapping(purified.config, names)
+    trainer.save_model(str(output_dir))  # on every rank: FSDP gathers the weights collectively; rank 0 writes
+    if trainer.is_world_process_zero():
+        if processor is None:
+            size = model_input_size(purified.config) or native_image_size(test_split, image_col)
+            processor = default_image_processor(purified.config, size)
+        processor.save_pretrained(str(output_dir))
+        (output_dir / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        world = training_args.world_size
+        repo_id = training_args.hub_model_id or output_dir.resolve().name
+        card = render_model_card(
+            before=before,
+            after=after,
+            model_name=repo_id.split("/")[-1],
+            base_model=model_args.model_id,
+            dataset_name=data_args.dataset_name,
+            dataset_config=data_args.dataset_config_name,
+            test_split=data_args.test_split,
+            train_split=data_args.train_split,
+            attack=None if attack is None else attack.to_dict(),
+            tuning_mode=training_args.tuning_mode,
+            fst_alpha=training_args.fst_alpha,
+            tuning_set_size=len(tuning_set),
+            tuning_split_ratio=None if purify_args.num_tuning_samples else purify_args.tuning_split_ratio,
+            training={
+                "num_train_epochs": training_args.num_train_epochs,
+                "learning_rate": training_args.learning_rate,
+                "batch_size": training_args.per_device_train_batch_size * world,
+                "optim": str(getattr(training_args.optim, "value", training_args.optim)),
+                "lr_scheduler_type": str(
+                    getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
+                ),
+            },
+            seed=training_args.seed,
+            command=redacted_command(
+                argv if argv is None else ["recipes/purify.py", *argv],
+                launcher=f"accelerate launch --num_processes {world}" if world > 1 else None,
+            ),
+            repo_id=repo_id,
+            label_names=names,
+        )
+        card.save(str(output_dir / "README.md"))
+        print(format_table({"before": before, f"after ({training_args.tuning_mode})": after}), flush=True)
+        if run.push:
+            url = push_to_hub(output_dir, repo_id, token=run.hub_token, private=training_args.hub_private_repo)
+            logger.info("pushed to %s", url)
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigurationError as err:  # bad input: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,283 @@
+#!/usr/bin/env python
+"""Poison an image data set with a backdoor attack and train a classifier on it (the model to purify later).
+
+    python recipes/train_backdoor.py --dataset_name ../shared/data/cifar10-jpeg --model_id ./resnet-config \
+        --attack badnet --poison_rate 0.05 --target_label 0 --num_train_epochs 20 --output_dir ./backdoored
+
+Every `TrainingArguments` flag works. `--model_id` is a Hub id or a local folder: pretrained weights are fine-tuned
+(the head is resized to the data set's labels), a folder with only `config.json` (or `--from_scratch`) trains from
+random weights. Training is plain supervised learning (`FSTTrainer` in `ft` mode). `output_dir` gets the model
+(safetensors), its config with `id2label`, an image processor config, a README.md model card (marked as backdoored)
+and `all_results.json` with C-Acc, ASR and RA.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import transformers
+from transformers import AutoModelForImageClassification, set_seed
+
+from hf_fst import FSTConfig, FSTTrainer, backdoor_test_set, evaluate_backdoor, poison_dataset
+from hf_fst.attacks import AttackConfig
+from hf_fst.data import (
+    AttackArguments,
+    ConfigurationError,
+    DataArguments,
+    ModelArguments,
+    build_transform,
+    check_head,
+    check_output_dir,
+    collate_image_batch,
+    default_image_processor,
+    get_split,
+    label_names,
+    load_classifier,
+    load_config,
+    load_image_dataset,
+    load_image_processor,
+    match_attack_to_model,
+    model_input_size,
+    native_image_size,
+    rate_or_raise,
+    recipe_parser,
+    resolve_columns_or_raise,
+    set_label_mapping,
+    take,
+)
+from hf_fst.hub import format_table, get_token_or_raise, push_to_hub, redacted_command, render_model_card
+
+logger = logging.getLogger("hf_fst.train_backdoor")
+
+RESULT_KEYS = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
+
+
+@dataclass
+class TrainBackdoorArguments:
+    """How the backdoored model is initialised."""
+
+    from_scratch: bool = field(
+        default=False, metadata={"help": "Use only the config of --model_id and start from random weights."}
+    )
+    attack_model_id: str | None = field(
+        default=None, metadata={"help": "Clean model for attacks that need one (LC's PGD perturbation)."}
+    )
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = recipe_parser((DataArguments, ModelArguments, AttackArguments, TrainBackdoorArguments, FSTConfig))
+    parser.set_defaults(tuning_mode="ft")
+    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _has_weights(model_id: str) -> bool:
+    path = Path(model_id)
+    if not path.is_dir():
+        return True  # a Hub id: weights are expected
+    return any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+
+
+def prepare(argv: list[str] | None = None) -> dict:
+    """Parse, validate and load; bad input raises `ConfigurationError` before anything is trained or written."""
+    try:
+        data_args, model_args, attack_args, backdoor_args, training_args = parse_args(argv)
+        hub_token, push = training_args.hub_token, training_args.push_to_hub
+        training_args.hub_token, training_args.push_to_hub = None, False
+        if training_args.tuning_mode != "ft":
+            raise ValueError(
+                f"--tuning_mode={training_args.tuning_mode!r}: train_backdoor.py trains with plain supervised "
+                "learning; drop --tuning_mode (use recipes/purify.py for the defenses)"
+            )
+        set_seed(training_args.seed)
+        check_output_dir(
+            training_args.output_dir, model_args.overwrite_output_dir, bool(training_args.resume_from_checkpoint)
+        )
+        rate_or_raise(attack_args.poison_rate, "--poison_rate")
+        if push:
+            hub_token = get_token_or_raise(hub_token)
+
+        raw = load_image_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir)
+        train_split = get_split(raw, data_args.train_split, arg_name="--train_split")
+        test_split = get_split(raw, data_args.test_split, arg_name="--test_split")
+        image_col, label_col = resolve_columns_or_raise(
+            train_split, data_args.image_column_name, data_args.label_column_name
+        )
+        names = label_names(train_split, label_col)
+        extra = {}
+        if backdoor_args.attack_model_id:
+            extra["model"] = load_classifier(backdoor_args.attack_model_id, arg_name="--attack_model_id")
+        attack = attack_args.build(len(names), **extra)
+        if type(attack).prepare is not AttackConfig.prepare and getattr(attack, "model", None) is None:
+            raise ValueError(
+                f"--attack={attack.name!r} needs a clean model for its perturbation; pass --attack_model_id <folder or Hub id>"
+            )
+
+        label_kwargs = {
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": {n: i for i, n in enumerate(names)},
+        }
+        from_scratch = backdoor_args.from_scratch or not _has_weights(model_args.model_id)
+        if from_scratch:
+            config = load_config(model_args.model_id, cache_dir=model_args.cache_dir, **label_kwargs)
+            model = AutoModelForImageClassification.from_config(config)
+        else:
+            model = load_classifier(
+                model_args.model_id, cache_dir=model_args.cache_dir, ignore_mismatched_sizes=True, **label_kwargs
+            )
+        check_head(model, len(names), head_name=training_args.head_name)
+        processor = load_image_processor(model_args.model_id)
+        attack = match_attack_to_model(attack, model, processor, train_split, image_col)
+        train_split = take(train_split, data_args.max_train_samples, training_args.seed)
+        test_split = take(test_split, data_args.max_eval_samples, training_args.seed)
+    except ConfigurationError:
+        raise
+    except ValueError as err:
+        raise ConfigurationError(str(err)) from err
+    return {
+        "data_args": data_args,
+        "model_args": model_args,
+        "attack_args": attack_args,
+        "backdoor_args": backdoor_args,
+        "training_args": training_args,
+        "push": push,
+        "from_scratch": from_scratch,
+        "hub_token": hub_token,
+        "attack": attack,
+        "model": model,
+        "processor": processor,
+        "names": names,
+        "image_col": image_col,
+        "label_col": label_col,
+        "train_split": train_split,
+        "test_split": test_split,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the recipe; returns the numbers written to `all_results.json`."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    run = prepare(argv)
+    data_args, model_args, attack_args = run["data_args"], run["model_args"], run["attack_args"]
+    training_args, attack, model, processor = run["training_args"], run["attack"], run["model"], run["processor"]
+    image_col, label_col, names = run["image_col"], run["label_col"], run["names"]
+    train_split, test_split = run["train_split"], run["test_split"]
+
+    with training_args.main_process_first(desc="poisoning"):
+        poisoned = poison_dataset(
+            train_split,
+            attack,
+            attack_args.poison_rate,
+            seed=training_args.seed,
+            image_column=image_col,
+            label_column=label_col,
+        )
+        backdoor_test = backdoor_test_set(test_split, attack, image_col, label_col)
+    num_poisoned = int(sum(poisoned["is_poisoned"]))
+    logger.info("poisoned %d of %d training rows with %s", num_poisoned, len(poisoned), attack.name)
+
+    train_transform = build_transform(
+        model,
+        processor,
+        image_col,
+        label_col,
+        train=True,
+        augment=data_args.augment,
+        horizontal_flip=data_args.horizontal_flip,
+        crop_padding=data_args.crop_padding,
+    )
+    eval_transform = build_transform(model, processor, image_col, label_col, train=False)
+    trainer = FSTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=poisoned.with_transform(train_transform),
+        data_collator=collate_image_batch,
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    trained.eval()
+    found = evaluate_backdoor(
+        trained,
+        test_split.with_transform(eval_transform),
+        backdoor_test.with_transform(eval_transform),
+        batch_size=training_args.per_device_eval_batch_size,
+    )
+    results = {key: float(found[key]) for key in RESULT_KEYS}
+    results.update(
+        {
+            "attack": attack.to_dict(),
+            "poison_rate": attack_args.poison_rate,
+            "num_poisoned": num_poisoned,
+            "train_loss": train_result.training_loss,
+            "seed": training_args.seed,
+        }
+    )
+    checksum = float(sum(t.detach().double().sum() for t in trained.state_dict().values()))
+    print(f"[hf-fst] {json.dumps({'rank': training_args.process_index, 'results': results, 'param_sum': checksum})}")
+
+    output_dir = Path(training_args.output_dir)
+    set_label_mapping(trained.config, names)
+    trainer.save_model(str(output_dir))  # on every rank: FSDP gathers the weights collectively; rank 0 writes
+    if trainer.is_world_process_zero():
+        if processor is None:
+            size = model_input_size(trained.config) or native_image_size(test_split, image_col)
+            processor = default_image_processor(trained.config, size)
+        processor.save_pretrained(str(output_dir))
+        (output_dir / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        world = training_args.world_size
+        repo_id = training_args.hub_model_id or output_dir.resolve().name
+        card = render_model_card(
+            after=results,
+            model_name=repo_id.split("/")[-1],
+            base_model=None if run["from_scratch"] else model_args.model_id,
+            dataset_name=data_args.dataset_name,
+            dataset_config=data_args.dataset_config_name,
+            test_split=data_args.test_split,
+            train_split=data_args.train_split,
+            attack=attack.to_dict(),
+            poison_rate=attack_args.poison_rate,
+            training={
+                "num_train_epochs": training_args.num_train_epochs,
+                "learning_rate": training_args.learning_rate,
+                "batch_size": training_args.per_device_train_batch_size * world,
+                "optim": str(getattr(training_args.optim, "value", training_args.optim)),
+                "lr_scheduler_type": str(
+                    getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
+                ),
+            },
+            seed=training_args.seed,
+            command=redacted_command(
+                None if argv is None else ["recipes/train_backdoor.py", *argv],
+                launcher=f"accelerate launch --num_processes {world}" if world > 1 else None,
+            ),
+            repo_id=repo_id,
+            label_names=names,
+        )
+        card.save(str(output_dir / "README.md"))
+        print(format_table({"backdoored": results}), flush=True)
+        if run["push"]:
+            url = push_to_hub(
+                output_dir,
+                repo_id,
+                token=run["hub_token"],
+                private=training_args.hub_private_repo,
+                commit_message="Upload backdoored model trained with hf-fst",
+            )
+            logger.info("pushed to %s", url)
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigurationError as err:  # bad input: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,57 @@
+"""`python -m hf_fst.demo`: the no-download walkthrough, run here with fewer epochs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from huggingface_hub import ModelCard
+
+from hf_fst.demo import DEMO_MARKER, digits_dataset, main, run_demo
+
+
+def test_digits_dataset_is_stratified_8x8():
+    data = digits_dataset()
+    assert (len(data["train"]), len(data["test"])) == (1347, 450)
+    assert data["train"][0]["image"].size == (8, 8) and data["train"][0]["image"].mode == "L"
+    counts = [data["test"]["label"].count(c) for c in range(10)]
+    assert min(counts) >= 43 and max(counts) <= 46
+
+
+def test_demo_end_to_end_short(tmp_path, capsys):
+    out = tmp_path / "demo"
+    summary = run_demo(str(out), backdoor_epochs=4, tuning_epochs=2, progress=False, command="python -m hf_fst.demo")
+    printed = capsys.readouterr().out
+    assert "metric" in printed and "backdoored" in printed and "FT" in printed and "FST" in printed
+    for name in ("backdoored", "ft", "fst"):
+        assert set(summary[name]) == {"clean_accuracy", "attack_success_rate", "robust_accuracy"}
+    # Even 4 epochs learn the digits well above chance (10%).
+    assert summary["backdoored"]["clean_accuracy"] > 0.5
+    assert summary["tuning_set_size"] == 269
+    purified = out / "purified"
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "all_results.json"} <= {
+        p.name for p in purified.iterdir()
+    }
+    results = json.loads((purified / "all_results.json").read_text())
+    assert results["attack_success_rate"] == summary["fst"]["attack_success_rate"]
+    assert results["before_attack_success_rate"] == summary["backdoored"]["attack_success_rate"]
+    card = ModelCard.load(purified / "README.md")
+    assert len(card.data.eval_results) == 6 and "python -m hf_fst.demo" in card.text
+    assert not (out / "runs").exists()
+
+    # A second run replaces its own earlier output; a folder it did not write is left alone.
+    assert (out / DEMO_MARKER).exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    assert main(["--output_dir", str(other), "--backdoor_epochs", "1", "--no_progress"]) == 2
+    assert "pass --overwrite_output_dir" in capsys.readouterr().err
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("flags", [["--poison_rate", "0"], ["--target_label", "10"]])
+def test_demo_bad_input(tmp_path, capsys, flags):
+    assert main(["--output_dir", str(tmp_path / "d"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --") and "\n" not in err
+    assert not (tmp_path / "d").exists()
