@@ -321,3 +321,11 @@ def test_evaluation_loss_is_plain_cross_entropy(tmp_path):
         y = torch.tensor([r["labels"] for r in rows])
         expected = F.cross_entropy(trainer.model.eval()(pixel_values=x).logits, y).item()
     assert metrics["eval_loss"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path):
+    args = make_args(tmp_path, num_train_epochs=5, per_device_train_batch_size=8, learning_rate=1e12)
+    trainer = FSTTrainer(model=tiny_resnet(), args=args, train_dataset=random_image_rows(16))
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss .* at optimizer step \d+ .*learning_rate"):
+        trainer.train()
+    assert trainer.state.global_step < 10

@@ -178,7 +178,24 @@ class FSTTrainer(Trainer):
                 penalty = self.fst_penalty()
                 self._logged_parts["fst_penalty"].append(penalty.detach())
                 loss = loss + penalty.float()
+            self.check_finite(loss)
         return (loss, outputs) if return_outputs else loss
+
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """Stop at the first non-finite training loss instead of training (and saving) a broken model.
+
+        Under DDP the flag is agreed across ranks, so every rank stops together instead of waiting forever in
+        the next gradient all-reduce.
+        """
+        finite = torch.isfinite(loss.detach()).to(torch.int32)
+        if self.args.world_size > 1 and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not finite.item():
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at optimizer step {self.state.global_step + 1} "
+                f"(epoch {self.state.epoch or 0:.2f}); lower learning_rate (now {self.args.learning_rate:g})"
+                + (f" or fst_alpha (now {self.args.fst_alpha:g})" if self.args.uses_fst_penalty else "")
+            )
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Add the mean cross-entropy and FST penalty since the last training log."""
