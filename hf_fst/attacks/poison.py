@@ -1,0 +1,499 @@
+"""Poison a `datasets.Dataset` with an attack, and build the backdoor test set.
+
+Both functions are one `Dataset.map(batched=True)` over the image column cast to `Image(decode=False)`: rows that
+are not selected pass through as their original encoded bytes, and only the selected rows are decoded, given the
+trigger (vectorised over same-size images) and re-encoded as PNG (lossless, so the trigger survives). All
+randomness (which rows, per-row masks and noise) is drawn up front from `numpy.random.default_rng(seed)`, and
+the map gets an explicit fingerprint computed from the input fingerprint and the attack, so the same call gives
+the same rows, pixels and fingerprint, and a cache hit for datasets backed by files, whatever the batch size or
+`num_proc`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from datasets import ClassLabel, Dataset, Image, Value
+from datasets.fingerprint import Hasher
+from PIL import Image as PILImage
+
+from hf_fst.attacks.base import AttackConfig
+from hf_fst.attacks.registry import get_attack
+from hf_fst.columns import resolve_columns
+
+__all__ = ["PoisonPlan", "backdoor_test_set", "plan_poisoning", "poison_dataset"]
+
+# Bump when the pixels produced for a given config change, so stale caches are not reused.
+_FORMAT_VERSION = "hf-fst-poison-1"
+NEW_COLUMNS = ("is_poisoned", "original_label")
+POISON, COVER, TEST = 1, 2, 3
+_KIND_NAMES = {POISON: "poison", COVER: "cover", TEST: "test"}
+
+
+@dataclass(frozen=True)
+class PoisonPlan:
+    """Which rows an attack modifies, decided up front.
+
+    Attributes:
+        indices: sorted row positions of every modified row (int64).
+        kinds: per modified row, 1 = poisoned (trigger, label changed for dirty-label attacks), 2 = cover/cross
+            (modified image, true label kept), 3 = backdoor test row.
+        seeds: per modified row, a uint64 seed for the attack's per-image randomness.
+        labels: per modified row, the label it ends up with.
+    """
+
+    indices: np.ndarray
+    kinds: np.ndarray
+    seeds: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def poison_indices(self) -> np.ndarray:
+        return self.indices[self.kinds == POISON]
+
+    @property
+    def cover_indices(self) -> np.ndarray:
+        return self.indices[self.kinds == COVER]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Argument checks (all cheap, run before any decoding)
+def _check_dataset(dataset: Any) -> None:
+    if isinstance(dataset, Dataset):
+        return
+    kind = type(dataset).__name__
+    if kind == "DatasetDict":
+        raise ValueError(
+            f"dataset=: got a DatasetDict with splits {list(dataset)}; pass one split, e.g. dataset['train']"
+        )
+    raise ValueError(
+        f"dataset=: expected a map-style datasets.Dataset, got {kind}; load it without streaming=True "
+        "(or build one with Dataset.from_generator)"
+    )
+
+
+def _check_rate(poison_rate: Any) -> float:
+    if isinstance(poison_rate, bool) or not isinstance(poison_rate, (int, float, np.floating, np.integer)):
+        raise ValueError(f"poison_rate={poison_rate!r}: expected a number in (0, 1], e.g. 0.05 for 5%")
+    rate = float(poison_rate)
+    if not 0 < rate <= 1:
+        raise ValueError(f"poison_rate={poison_rate!r}: expected a share of the rows in (0, 1], e.g. 0.05 for 5%")
+    return rate
+
+
+def _check_num_proc(num_proc: Any) -> None:
+    if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
+        raise ValueError(f"num_proc={num_proc!r}: expected None or a positive int")
+
+
+def _check_columns(dataset: Dataset, image_column: str | None, label_column: str | None) -> tuple[str, str]:
+    image_column, label_column = resolve_columns(dataset, image_column, label_column)
+    features = dataset.features
+    if not isinstance(features[image_column], Image):
+        raise ValueError(
+            f"image_column={image_column!r} holds {features[image_column]!r}, not images; cast it with "
+            f"dataset.cast_column({image_column!r}, datasets.Image()) or pass the right column"
+        )
+    label_feature = features[label_column]
+    if not (
+        isinstance(label_feature, ClassLabel) or (isinstance(label_feature, Value) and "int" in label_feature.dtype)
+    ):
+        raise ValueError(
+            f"label_column={label_column!r} holds {label_feature!r}; expected integer class ids (ClassLabel or int); "
+            f"pass the right column or cast it with dataset.class_encode_column({label_column!r})"
+        )
+    taken = [name for name in NEW_COLUMNS if name in dataset.column_names]
+    if taken:
+        raise ValueError(
+            f"dataset=: already has column(s) {taken} (already poisoned?); start from the clean dataset or "
+            f"remove them with dataset.remove_columns({taken})"
+        )
+    return image_column, label_column
+
+
+def _read_labels(dataset: Dataset, label_column: str) -> np.ndarray:
+    column = dataset.select_columns([label_column]).with_format("arrow")[:][label_column]
+    return column.to_numpy().astype(np.int64)
+
+
+def _num_classes(dataset: Dataset, label_column: str, labels: np.ndarray) -> int:
+    feature = dataset.features[label_column]
+    if isinstance(feature, ClassLabel):
+        return feature.num_classes
+    return int(labels.max()) + 1 if len(labels) else 0
+
+
+def _check_target(attack: AttackConfig, num_classes: int, label_column: str) -> None:
+    if attack.label_mode == "all-to-one" and attack.target_label >= num_classes:
+        raise ValueError(
+            f"target_label={attack.target_label} is outside the label set of column {label_column!r} "
+            f"(classes 0..{num_classes - 1}); pick a target in that range"
+        )
+
+
+def _round(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The plan
+def plan_poisoning(
+    labels: np.ndarray, attack: AttackConfig, poison_rate: float, seed: int = 0, num_classes: int | None = None
+) -> PoisonPlan:
+    """Decide which rows to poison (and cover), with which seeds and labels, from `labels` alone.
+
+    Dirty-label attacks draw `round(poison_rate * N)` rows uniformly from the whole set; clean-label attacks draw
+    the same number from the target class only. Cover/cross rows (Adaptive-Blend, WaNet noise mode) are drawn from
+    the remaining rows.
+    """
+    rate = _check_rate(poison_rate)
+    labels = np.asarray(labels, dtype=np.int64)
+    num_rows = len(labels)
+    num_classes = int(labels.max()) + 1 if num_classes is None and num_rows else (num_classes or 0)
+    _check_target(attack, num_classes, "labels")
+    num_poison = _round(rate * num_rows)
+    if num_poison == 0:
+        raise ValueError(
+            f"poison_rate={rate} selects round({rate} * {num_rows}) = 0 rows; use a larger rate or dataset"
+        )
+    rng = np.random.default_rng(seed)
+    if attack.is_clean_label:
+        pool = np.flatnonzero(labels == attack.target_label)
+        if num_poison > len(pool):
+            raise ValueError(
+                f"poison_rate={rate}: the clean-label attack {attack.name!r} needs round({rate} * {num_rows}) = "
+                f"{num_poison} images of target class {attack.target_label}, but only {len(pool)} exist; use "
+                f"poison_rate <= {len(pool) / num_rows:.4g}"
+            )
+    else:
+        pool = np.arange(num_rows)
+    poison = rng.choice(pool, size=num_poison, replace=False)
+    num_cover = attack.num_cover(num_poison, rate, num_rows)
+    cover = np.empty(0, dtype=np.int64)
+    if num_cover:
+        rest = np.setdiff1d(np.arange(num_rows), poison, assume_unique=True)
+        if num_cover > len(rest):
+            raise ValueError(
+                f"poison_rate={rate}: {attack.name!r} needs {num_poison} poisoned + {num_cover} cover rows but the "
+                f"dataset has {num_rows}; use a smaller rate"
+            )
+        cover = rng.choice(rest, size=num_cover, replace=False)
+    seeds = rng.integers(0, np.iinfo(np.int64).max, size=num_poison + num_cover, dtype=np.int64).astype(np.uint64)
+    indices = np.concatenate([poison, cover]).astype(np.int64)
+    kinds = np.concatenate([np.full(num_poison, POISON), np.full(num_cover, COVER)]).astype(np.int8)
+    new_labels = labels[indices].copy()
+    if not attack.is_clean_label:
+        new_labels[:num_poison] = attack.target_labels(labels[poison], num_classes)
+    order = np.argsort(indices, kind="stable")
+    return PoisonPlan(indices[order], kinds[order], seeds[order], new_labels[order])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pixels
+def _decode(value: Any, feature: Image, image_size: tuple[int, int] | None) -> PILImage.Image:
+    """Decode one raw image value to a PIL image in a mode the triggers handle (RGB, L, RGBA, LA)."""
+    image = dataclasses.replace(feature, decode=True).decode_example(value)
+    mode = image.mode
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode == "PA":
+        image = image.convert("RGBA")
+    elif mode in ("1", "I", "I;16", "I;16B", "I;16L", "F"):
+        image = image.convert("L")
+    elif mode == "La":
+        image = image.convert("LA")
+    elif mode not in ("RGB", "L", "RGBA", "LA"):
+        image = image.convert("RGB")
+    if image_size is not None and image.size != (image_size[1], image_size[0]):
+        image = image.resize((image_size[1], image_size[0]), PILImage.Resampling.BILINEAR)
+    return image
+
+
+def _split_alpha(image: PILImage.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    array = np.asarray(image, dtype=np.uint8)
+    if image.mode == "L":
+        return array[..., None], None
+    if image.mode == "LA":
+        return array[..., :1], array[..., 1]
+    if image.mode == "RGBA":
+        return array[..., :3], array[..., 3]
+    return array, None
+
+
+def _encode(color: np.ndarray, alpha: np.ndarray | None) -> dict[str, Any]:
+    if alpha is not None:
+        color = np.concatenate([color, alpha[..., None]], axis=-1)
+    elif color.shape[-1] == 1:
+        color = color[..., 0]
+    buffer = io.BytesIO()
+    PILImage.fromarray(np.ascontiguousarray(color)).save(buffer, format="PNG", compress_level=1)
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def _decode_colors(values: list[Any], feature: Image, image_size: tuple[int, int] | None) -> list[np.ndarray]:
+    return [_split_alpha(_decode(value, feature, image_size))[0] for value in values]
+
+
+def _grouped(shapes: list[tuple[int, ...]], keys: list[Any]) -> dict[tuple, list[int]]:
+    groups: dict[tuple, list[int]] = {}
+    for position, (shape, key) in enumerate(zip(shapes, keys, strict=True)):
+        groups.setdefault((key, *shape), []).append(position)
+    return groups
+
+
+def _transform_table(
+    table: pa.Table,
+    indices: list[int],
+    *,
+    image_column: str,
+    label_column: str,
+    image_feature: Image,
+    attack_config: dict[str, Any],
+    plan_indices: np.ndarray,
+    plan_kinds: np.ndarray,
+    plan_seeds: np.ndarray,
+    plan_labels: np.ndarray,
+    prepared: dict[int, np.ndarray] | None,
+) -> pa.Table:
+    """One map batch, in Arrow: untouched rows are never turned into Python objects."""
+    labels = table.column(label_column)
+    num_rows = table.num_rows
+    rows = np.asarray(indices, dtype=np.int64)
+    where = np.searchsorted(plan_indices, rows)
+    hit = where < len(plan_indices)
+    hit[hit] = plan_indices[where[hit]] == rows[hit]
+    positions = np.flatnonzero(hit)
+    is_poisoned = np.zeros(num_rows, dtype=bool)
+    if len(positions):
+        attack = get_attack(attack_config["name"], **{k: v for k, v in attack_config.items() if k != "name"})
+        images = table.column(image_column).combine_chunks()
+        decoded = [_decode(value, image_feature, attack.image_size) for value in images.take(positions).to_pylist()]
+        colors, alphas = (list(x) for x in zip(*(_split_alpha(image) for image in decoded), strict=True))
+        slots = where[positions]
+        kinds = plan_kinds[slots]
+        if prepared:
+            for j, row in enumerate(rows[positions].tolist()):
+                if kinds[j] == POISON and row in prepared:
+                    colors[j] = prepared[row]
+        for (kind, *_), members in _grouped([c.shape for c in colors], kinds.tolist()).items():
+            out = attack.apply(np.stack([colors[m] for m in members]), _KIND_NAMES[kind], plan_seeds[slots[members]])
+            for m, image in zip(members, out, strict=True):
+                colors[m] = image
+        encoded = pa.array([_encode(c, a) for c, a in zip(colors, alphas, strict=True)], type=images.type)
+        order = np.arange(num_rows)
+        order[positions] = num_rows + np.arange(len(positions))
+        new_images = pa.concat_arrays([images, encoded]).take(pa.array(order))
+        new_labels = labels.to_numpy().astype(np.int64)
+        new_labels[positions] = plan_labels[slots]
+        is_poisoned[positions] = kinds != COVER
+        table = table.set_column(table.column_names.index(image_column), image_column, new_images)
+        table = table.set_column(
+            table.column_names.index(label_column), label_column, pa.array(new_labels, type=labels.type)
+        )
+    table = table.append_column("is_poisoned", pa.array(is_poisoned))
+    return table.append_column("original_label", labels)
+
+
+def _prepare(
+    dataset: Dataset, image_column: str, image_feature: Image, attack: AttackConfig, plan: PoisonPlan
+) -> dict[int, np.ndarray] | None:
+    """Run the attack's up-front pass (LC's PGD) on the poisoned rows only, grouped by image shape."""
+    if type(attack).prepare is AttackConfig.prepare:
+        return None
+    poison_rows = plan.poison_indices
+    raw = dataset.select_columns([image_column]).cast_column(
+        image_column, dataclasses.replace(image_feature, decode=False)
+    )
+    colors = _decode_colors(list(raw.select(poison_rows)[image_column]), image_feature, attack.image_size)
+    labels = plan.labels[plan.kinds == POISON]
+    prepared: dict[int, np.ndarray] = {}
+    for (_, *_shape), members in _grouped([c.shape for c in colors], [0] * len(colors)).items():
+        out = attack.prepare(np.stack([colors[m] for m in members]), labels[members])
+        for m, image in zip(members, out, strict=True):
+            prepared[int(poison_rows[m])] = image
+    return prepared
+
+
+def _apply_plan(
+    dataset: Dataset,
+    attack: AttackConfig,
+    plan: PoisonPlan,
+    image_column: str,
+    label_column: str,
+    fingerprint_parts: tuple,
+    *,
+    prepared: dict[int, np.ndarray] | None,
+    num_proc: int | None,
+    batch_size: int,
+    load_from_cache_file: bool | None,
+    desc: str,
+) -> Dataset:
+    image_feature = dataset.features[image_column]
+    raw_feature = dataclasses.replace(image_feature, decode=False)
+    features = dataset.features.copy()
+    features[image_column] = raw_feature
+    features["is_poisoned"] = Value("bool")
+    features["original_label"] = dataset.features[label_column]
+    prepared_digest = None
+    if prepared:
+        digest = hashlib.sha256()
+        for row in sorted(prepared):
+            digest.update(np.int64(row).tobytes() + prepared[row].tobytes())
+        prepared_digest = digest.hexdigest()
+    fingerprint = Hasher.hash(
+        (_FORMAT_VERSION, dataset._fingerprint, image_column, label_column, attack.to_dict(), prepared_digest)
+        + fingerprint_parts
+    )
+    raw = dataset.cast_column(image_column, raw_feature).with_format("arrow")
+    out = raw.map(
+        _transform_table,
+        batched=True,
+        batch_size=batch_size,
+        with_indices=True,
+        features=features,
+        num_proc=num_proc,
+        new_fingerprint=fingerprint,
+        load_from_cache_file=load_from_cache_file,
+        desc=desc,
+        fn_kwargs={
+            "image_column": image_column,
+            "label_column": label_column,
+            "image_feature": image_feature,
+            "attack_config": attack.to_dict(),
+            "plan_indices": plan.indices,
+            "plan_kinds": plan.kinds,
+            "plan_seeds": plan.seeds,
+            "plan_labels": plan.labels,
+            "prepared": prepared,
+        },
+    )
+    out = out.cast_column(image_column, image_feature)
+    fmt = dataset.format
+    columns = None if fmt["columns"] == dataset.column_names else fmt["columns"]
+    return out.with_format(
+        fmt["type"], columns=columns, output_all_columns=fmt["output_all_columns"], **fmt["format_kwargs"]
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public API
+def poison_dataset(
+    dataset: Dataset,
+    attack: AttackConfig | str,
+    poison_rate: float,
+    seed: int = 0,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    *,
+    num_proc: int | None = None,
+    batch_size: int = 1000,
+    load_from_cache_file: bool | None = None,
+) -> Dataset:
+    """Return `dataset` with `round(poison_rate * N)` rows poisoned by `attack`.
+
+    The result has the same rows and columns plus `is_poisoned` (bool: the row carries the training trigger, and
+    for dirty-label attacks the target label) and `original_label` (the label before poisoning). Cover/cross rows
+    (Adaptive-Blend, WaNet noise mode) have a modified image, keep their label and have `is_poisoned=False`; use
+    `plan_poisoning` to get their indices. Modified rows are stored as PNG; the others keep their original bytes.
+
+    Args:
+        dataset: one split of an image-classification dataset.
+        attack: an attack config from `get_attack`, or a registered name (defaults of that attack).
+        poison_rate: share of the whole dataset to poison, in (0, 1]. Clean-label attacks (SIG, LC) draw that many
+            rows from the target class and fail if it has too few.
+        seed: seed of every random choice (rows, per-row masks and noise).
+        image_column, label_column: detected when not given (`img`, `image`, `label`, `labels`, `fine_label`, ...).
+        num_proc, batch_size, load_from_cache_file: passed to `Dataset.map`.
+    """
+    _check_dataset(dataset)
+    rate = _check_rate(poison_rate)
+    _check_num_proc(num_proc)
+    attack = get_attack(attack)
+    image_column, label_column = _check_columns(dataset, image_column, label_column)
+    labels = _read_labels(dataset, label_column)
+    num_classes = _num_classes(dataset, label_column, labels)
+    _check_target(attack, num_classes, label_column)
+    if getattr(attack, "model", None) is None and type(attack).prepare is not AttackConfig.prepare:
+        raise ValueError(
+            f"model=: the {attack.name!r} attack needs a clean model to compute its perturbation; "
+            f"use get_attack({attack.name!r}, model=clean_model)"
+        )
+    plan = plan_poisoning(labels, attack, rate, seed, num_classes)
+    prepared = _prepare(dataset, image_column, dataset.features[image_column], attack, plan)
+    return _apply_plan(
+        dataset,
+        attack,
+        plan,
+        image_column,
+        label_column,
+        ("poison", rate, int(seed), num_classes),
+        prepared=prepared,
+        num_proc=num_proc,
+        batch_size=batch_size,
+        load_from_cache_file=load_from_cache_file,
+        desc=f"Poisoning ({attack.name}, rate {rate:g})",
+    )
+
+
+def backdoor_test_set(
+    dataset: Dataset,
+    attack: AttackConfig | str,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    *,
+    seed: int = 0,
+    num_proc: int | None = None,
+    batch_size: int = 1000,
+    load_from_cache_file: bool | None = None,
+) -> Dataset:
+    """Return the backdoor (ASR) test set: every row whose true label is not the target, with the test-time trigger.
+
+    Rows keep their other columns; the label column holds the attack's target (all-to-all: the next class),
+    `original_label` the true label, and `is_poisoned` is True. Attack success rate = accuracy on this set against
+    the label column; robust accuracy = accuracy against `original_label`.
+    """
+    _check_dataset(dataset)
+    _check_num_proc(num_proc)
+    attack = get_attack(attack)
+    image_column, label_column = _check_columns(dataset, image_column, label_column)
+    labels = _read_labels(dataset, label_column)
+    num_classes = _num_classes(dataset, label_column, labels)
+    _check_target(attack, num_classes, label_column)
+    if attack.label_mode == "all-to-one":
+        keep = np.flatnonzero(labels != attack.target_label)
+    else:
+        keep = np.arange(len(labels))
+    if len(keep) == 0:
+        raise ValueError(
+            f"dataset=: every row has the target label {attack.target_label}, so the backdoor test set is empty; "
+            "pass a split with other classes"
+        )
+    subset = dataset.select(keep) if len(keep) < len(labels) else dataset
+    kept = labels[keep]
+    rng = np.random.default_rng(seed)
+    plan = PoisonPlan(
+        indices=np.arange(len(keep), dtype=np.int64),
+        kinds=np.full(len(keep), TEST, dtype=np.int8),
+        seeds=rng.integers(0, np.iinfo(np.int64).max, size=len(keep), dtype=np.int64).astype(np.uint64),
+        labels=attack.target_labels(kept, num_classes),
+    )
+    return _apply_plan(
+        subset,
+        attack,
+        plan,
+        image_column,
+        label_column,
+        ("test", int(seed), num_classes),
+        prepared=None,
+        num_proc=num_proc,
+        batch_size=batch_size,
+        load_from_cache_file=load_from_cache_file,
+        desc=f"Backdoor test set ({attack.name})",
+    )

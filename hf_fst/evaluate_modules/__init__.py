@@ -1,0 +1,1 @@
+"""Local `evaluate` metric modules shipped with hf-fst (loadable offline with `evaluate.load(folder)`)."""

@@ -1,0 +1,239 @@
+"""Trigger pixels of each attack, and the registry / config contract."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import ResNetConfig, ResNetForImageClassification
+
+from hf_fst.attacks import (
+    AdaptiveBlendConfig,
+    AttackConfig,
+    BadNetConfig,
+    BlendedConfig,
+    LCConfig,
+    SIGConfig,
+    WaNetConfig,
+    get_attack,
+    list_attacks,
+)
+from hf_fst.attacks.lc import checker_trigger
+from hf_fst.attacks.wanet import warp_grid
+
+
+def _images(n=4, h=32, w=32, c=3, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(n, h, w, c), dtype=np.uint8)
+
+
+def _tiny_resnet(num_channels=3, seed=0):
+    torch.manual_seed(seed)
+    config = ResNetConfig(
+        num_channels=num_channels, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=10
+    )
+    return ResNetForImageClassification(config).eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registry and configs
+def test_registry_names_and_variants():
+    assert list_attacks() == ["badnet", "blended", "sig", "wanet", "lc", "adaptive-blend"]
+    assert isinstance(get_attack("BadNet"), BadNetConfig)
+    assert isinstance(get_attack("adaptive_blend"), AdaptiveBlendConfig)
+    assert isinstance(get_attack("Adaptive-Blend"), AdaptiveBlendConfig)
+    with pytest.raises(ValueError, match=r"name='ssba': unknown attack; registered attacks are \['badnet'"):
+        get_attack("ssba")
+    with pytest.raises(ValueError, match=r"\['alpha'\] are not parameters of attack 'badnet'"):
+        get_attack("badnet", alpha=0.1)
+
+
+def test_defaults_follow_design():
+    assert get_attack("badnet").patch_size == 3 and get_attack("badnet").target_label == 0
+    assert get_attack("blended").alpha == 0.2
+    sig = get_attack("sig")
+    assert (sig.delta, sig.frequency) == (40, 6)
+    wanet = get_attack("wanet")
+    assert (wanet.k, wanet.s, wanet.grid_rescale, wanet.noise_mode, wanet.cross_ratio) == (4, 0.5, 1, True, 2)
+    lc = get_attack("lc")
+    assert (lc.eps, lc.step_size, lc.steps, lc.trigger_size) == (8 / 255, 1.5 / 255, 100, 3)
+    ab = get_attack("adaptive-blend")
+    assert (ab.alpha, ab.test_alpha, ab.pieces, ab.mask_rate, ab.cover_rate) == (0.15, 0.2, 16, 0.5, None)
+    assert [get_attack(n).is_clean_label for n in list_attacks()] == [False, False, True, False, True, False]
+    for name in list_attacks():
+        config = get_attack(name)
+        assert config.label_mode == "all-to-one" and config.image_size is None
+
+
+@pytest.mark.parametrize("name", ["badnet", "blended", "sig", "wanet", "lc", "adaptive-blend"])
+def test_json_round_trip(name):
+    config = get_attack(name, target_label=3, image_size=(40, 48))
+    text = config.to_json()
+    data = json.loads(text)
+    assert data["name"] == config.name and data["target_label"] == 3 and data["image_size"] == [40, 48]
+    again = AttackConfig.from_json(text)
+    assert type(again) is type(config) and again == config and again.image_size == (40, 48)
+
+
+def test_lc_json_records_the_model_but_not_its_weights():
+    model = _tiny_resnet()
+    model.config.name_or_path = "org/clean-resnet"
+    config = get_attack("lc", model=model, steps=2)
+    data = config.to_dict()
+    assert "model" not in data and data["model_name_or_path"] == "org/clean-resnet"
+    assert json.loads(json.dumps(data)) == data
+    assert LCConfig.from_dict(data).model is None
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="label_mode='all-to-all' is not defined for the clean-label attack 'sig'"):
+        get_attack("sig", label_mode="all-to-all")
+    with pytest.raises(ValueError, match=r"^label_mode='x'"):
+        get_attack("badnet", label_mode="x")
+    with pytest.raises(ValueError, match=r"^target_label=-1"):
+        get_attack("badnet", target_label=-1)
+    with pytest.raises(ValueError, match=r"^image_size=\(0, 3\)"):
+        get_attack("badnet", image_size=(0, 3))
+    with pytest.raises(ValueError, match=r"^pieces=15"):
+        get_attack("adaptive-blend", pieces=15)
+    with pytest.raises(ValueError, match=r"^pattern='/nonexistent.png'"):
+        get_attack("blended", pattern="/nonexistent.png")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trigger pixels
+@pytest.mark.parametrize(("side", "patch"), [(32, 3), (64, 6), (16, 2), (224, 21)])
+def test_badnet_patch_place_and_size(side, patch):
+    images = np.zeros((2, side, side, 3), dtype=np.uint8)
+    out = BadNetConfig().apply(images)
+    expected = np.zeros_like(images)
+    expected[:, side - patch :, side - patch :, :] = 255
+    np.testing.assert_array_equal(out, expected)
+    assert images.max() == 0  # input untouched
+
+
+def test_badnet_non_square_and_grayscale_and_corner():
+    out = BadNetConfig(location="top-left").apply(np.zeros((1, 32, 64, 1), dtype=np.uint8))
+    assert out[0, :3, :6, 0].min() == 255 and out.sum() == 3 * 6 * 255
+
+
+def test_blended_ratio_and_pattern():
+    images = _images()
+    config = BlendedConfig()
+    t = config.trigger(32, 32, 3)
+    out = config.apply(images)
+    np.testing.assert_array_equal(out, np.clip(np.rint(0.8 * images.astype(np.float32) + 0.2 * t), 0, 255))
+    # On a constant image the result is exactly (1 - a) x + a t: the blend ratio can be read back.
+    flat = np.full((1, 32, 32, 3), 100, dtype=np.uint8)
+    ratio = (config.apply(flat).astype(float) - 100) / (t - 100 + 1e-9)
+    mask = np.abs(t - 100) > 50
+    assert abs(np.median(ratio[0][mask]) - 0.2) < 0.01
+    assert t.min() >= 0 and t.max() <= 255 and t.std() > 50  # a noise picture, not a constant
+    assert not np.array_equal(BlendedConfig(pattern_seed=1).trigger(32, 32, 3), t)
+    assert BlendedConfig().trigger(64, 64, 1).shape == (64, 64, 1)
+
+
+def test_blended_pattern_file(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "key.png"
+    Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8)).save(path)
+    out = BlendedConfig(pattern=str(path), alpha=0.5).apply(np.zeros((1, 32, 32, 3), dtype=np.uint8))
+    assert (out == 100).all()
+
+
+def test_sig_formula():
+    images = np.full((2, 32, 40, 3), 100, dtype=np.uint8)
+    out = SIGConfig().apply(images)
+    j = np.arange(40)
+    expected = np.rint(100 + 40 * np.sin(2 * np.pi * j * 6 / 40))
+    np.testing.assert_array_equal(out[0, 5, :, 1], expected)
+    assert (out == out[:1, :1, :, :1]).all()  # constant along rows, channels and images
+    assert SIGConfig().apply(np.zeros((1, 8, 32, 1), dtype=np.uint8)).min() == 0  # clipped, not wrapped
+    assert np.abs(SIGConfig(test_delta=60).signal(32, "test")).max() > 59
+
+
+def test_wanet_grid_properties():
+    config = WaNetConfig()
+    grid = config.grid(32, 32)
+    assert grid.shape == (1, 32, 32, 2) and grid.abs().max() <= 1
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+    displacement = (grid[0] - torch.stack((xs, ys), -1)) * 32 / 0.5  # back to control-noise units
+    inner = displacement[2:-2, 2:-2]  # away from the clamped border
+    assert 0.5 < inner.abs().mean() < 1.5  # normalised by its mean absolute value before upsampling
+    assert inner.abs().max() < 4
+    assert torch.equal(warp_grid(4, 0.5, 1.0, 0, 32, 32), grid)
+    assert not torch.equal(WaNetConfig(grid_seed=1).grid(32, 32), grid)
+    # Identity at s = 0: the image comes back unchanged.
+    images = _images()
+    np.testing.assert_array_equal(WaNetConfig(s=0).apply(images), images)
+    out = config.apply(images)
+    assert out.shape == images.shape and 0 < np.abs(out.astype(int) - images).mean() < 40
+
+
+def test_wanet_cross_rows_use_per_image_noise():
+    config = WaNetConfig()
+    images = np.repeat(_images(1), 3, axis=0)
+    seeds = np.array([1, 2, 1], dtype=np.uint64)
+    cross = config.apply(images, "cover", seeds)
+    assert np.array_equal(cross[0], cross[2]) and not np.array_equal(cross[0], cross[1])
+    assert not np.array_equal(cross[0], config.apply(images[:1])[0])
+    assert config.num_cover(100, 0.1, 1000) == 200 and WaNetConfig(noise_mode=False).num_cover(100, 0.1, 1000) == 0
+
+
+def test_adaptive_blend_masks_and_cover():
+    config = AdaptiveBlendConfig()
+    tiles = config.piece_masks(32, 32)
+    assert tiles.shape == (16, 32, 32) and (tiles.sum(0) == 1).all() and (tiles.sum((1, 2)) == 64).all()
+    seeds = np.array([3, 4, 3], dtype=np.uint64)
+    masks = config.training_masks(seeds, 32, 32)
+    assert set(np.unique(masks)) == {0.0, 1.0}
+    kept_tiles = (masks[:, None] * tiles).sum((2, 3)) / 64
+    assert (kept_tiles.sum(1) == 8).all()  # half of the 16 pieces kept on every row
+    assert np.array_equal(masks[0], masks[2]) and not np.array_equal(masks[0], masks[1])
+    images = _images(3)
+    out = config.apply(images, "poison", seeds)
+    pattern = BlendedConfig().trigger(32, 32, 3)
+    blended = np.clip(np.rint(0.85 * images.astype(np.float32) + 0.15 * pattern), 0, 255)
+    keep = masks[..., None].astype(bool).repeat(3, -1)
+    np.testing.assert_array_equal(out[keep], blended[keep])
+    np.testing.assert_array_equal(out[~keep], images[~keep])
+    # Test time: full trigger at 0.2, the same as Blended with the same picture.
+    np.testing.assert_array_equal(config.apply(images, "test"), BlendedConfig().apply(images))
+    assert config.num_cover(25, 0.05, 500) == 25 and AdaptiveBlendConfig(cover_rate=0.1).num_cover(25, 0.05, 500) == 50
+
+
+def test_lc_corners():
+    assert checker_trigger(3).tolist() == [[255, 0, 255], [0, 255, 0], [255, 0, 255]]
+    images = np.full((1, 32, 32, 3), 7, dtype=np.uint8)
+    out = LCConfig().apply(images, "test")
+    for rows, cols in [(slice(0, 3), slice(0, 3)), (slice(29, 32), slice(0, 3)), (slice(0, 3), slice(29, 32))]:
+        np.testing.assert_array_equal(out[0, rows, cols, 0], checker_trigger(3))
+    np.testing.assert_array_equal(out[0, 29:, 29:, 2], checker_trigger(3))
+    changed = (out != images).any(-1)[0]
+    assert changed.sum() == 4 * 9 and not changed[3:29, :].any()
+    assert (LCConfig().apply(np.zeros((1, 64, 64, 1), np.uint8)) > 0).sum() == 4 * 20  # 6x6 corners, 5/9 white
+
+
+def test_lc_pgd_respects_the_linf_bound_and_raises_the_loss():
+    model = _tiny_resnet()
+    config = LCConfig(model=model, steps=5, pgd_batch_size=4)
+    images = _images(6)
+    labels = np.zeros(6, dtype=np.int64)
+    model.train()
+    adv = config.prepare(images, labels)
+    assert model.training  # mode restored
+    diff = adv.astype(int) - images.astype(int)
+    assert np.abs(diff).max() <= 8 and np.abs(diff).max() >= 7 and adv.dtype == np.uint8
+
+    def loss(x):
+        with torch.no_grad():
+            logits = model.eval()(pixel_values=torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255).logits
+        return F.cross_entropy(logits, torch.zeros(len(x), dtype=torch.long)).item()
+
+    assert loss(adv) > loss(images)
+    assert math.isclose(LCConfig(eps=4 / 255, model=model, steps=3).eps * 255, 4)
+    assert np.abs(LCConfig(eps=4 / 255, model=model, steps=3).prepare(images, labels).astype(int) - images).max() <= 4
+    with pytest.raises(ValueError, match="model=: the clean model takes 3 channels but the images have 1"):
+        config.prepare(images[..., :1], labels)
