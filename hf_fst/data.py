@@ -7,8 +7,11 @@ recipes are the main users; the Python API passes the same names (`arg_name=`) o
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import pickle
+import shutil
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,9 +31,15 @@ __all__ = [
     "DataArguments",
     "ImageClassificationTransform",
     "ModelArguments",
+    "augmentation_epoch_callback",
     "build_transform",
     "check_head",
     "check_output_dir",
+    "check_safe_weights",
+    "commit_output",
+    "prepare_staging",
+    "resolve_resume_checkpoint",
+    "staging_dir",
     "collate_image_batch",
     "default_image_processor",
     "get_split",
@@ -40,6 +49,7 @@ __all__ = [
     "load_config",
     "load_image_dataset",
     "load_image_processor",
+    "materialize_stream",
     "match_attack_to_model",
     "model_input_size",
     "native_image_size",
@@ -48,6 +58,7 @@ __all__ = [
     "recipe_parser",
     "resolve_columns_or_raise",
     "select_tuning_set",
+    "select_tuning_stream",
     "set_label_mapping",
     "take",
     "validate_target_label",
@@ -180,14 +191,54 @@ def _model_source(model_id: str, arg_name: str) -> dict[str, Any]:
     return {"pretrained_model_name_or_path": model_id, "local_files_only": not hub_is_reachable()}
 
 
-def load_classifier(model_id: str, *, arg_name: str = "--model_id", **kwargs: Any):
-    """Load an `AutoModelForImageClassification` from a local folder or a Hub id (from the cache when offline)."""
+PICKLE_WEIGHT_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+"""Weight files that `torch.load` / pickle would read: refused unless the user opts in."""
+
+ALLOW_PICKLE_FLAG = "--allow_pickle_weights"
+
+
+def check_safe_weights(folder: str | os.PathLike, *, allow_pickle: bool = False, arg_name: str = "--model_id") -> None:
+    """Refuse a local model or checkpoint folder whose weights exist only in a pickle-based format.
+
+    Unpickling runs code chosen by whoever wrote the file, and people purify models they do not trust; safetensors
+    cannot carry code. A folder with no weights at all (config only) passes: nothing would be unpickled.
+    """
+    path = Path(folder).expanduser()
+    if allow_pickle or not path.is_dir() or any(p.name != FST_STATE_FILE for p in path.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for pattern in PICKLE_WEIGHT_PATTERNS for p in path.glob(pattern))
+    pickled = [name for name in pickled if name not in ("training_args.bin",)]  # Trainer metadata, never loaded
+    if pickled:
+        raise ValueError(
+            f"{arg_name}={str(folder)!r} has weights only in pickle format ({', '.join(pickled[:3])}), which can run "
+            f"arbitrary code when loaded; convert them to safetensors, or pass {ALLOW_PICKLE_FLAG} if you trust the file"
+        )
+
+
+def load_classifier(model_id: str, *, arg_name: str = "--model_id", allow_pickle: bool = False, **kwargs: Any):
+    """Load an `AutoModelForImageClassification` from a local folder or a Hub id (from the cache when offline).
+
+    Weights load from safetensors only (`use_safetensors=True`); `allow_pickle=True` is the explicit opt-in for
+    `pytorch_model.bin`-style files (transformers then still unpickles with `weights_only=True`).
+    """
     from transformers import AutoModelForImageClassification
 
     source = _model_source(model_id, arg_name)
+    check_safe_weights(model_id, allow_pickle=allow_pickle, arg_name=arg_name)
+    kwargs.setdefault("use_safetensors", None if allow_pickle else True)
     try:
         return AutoModelForImageClassification.from_pretrained(**source, **kwargs)
+    except pickle.UnpicklingError as err:  # even with the opt-in, transformers unpickles with weights_only=True
+        raise ValueError(
+            f"{arg_name}={model_id!r}: its pickle weights hold objects other than tensors and were not loaded "
+            "(they could run code); convert the weights to safetensors with code you trust"
+        ) from err
     except OSError as err:
+        if not allow_pickle and "safetensors" in str(err).lower() and not Path(model_id).expanduser().is_dir():
+            raise ValueError(
+                f"{arg_name}={model_id!r} has no safetensors weights (loading pickle files can run arbitrary code); "
+                f"pass {ALLOW_PICKLE_FLAG} if you trust the repository"
+            ) from err
         if source.get("local_files_only"):
             raise _not_found(
                 arg_name, model_id, "model", "the Hub cannot be reached and it is not in the local cache"
@@ -253,6 +304,12 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resuming: b
     if path.is_dir() and any(path.iterdir()) and not (overwrite or resuming):
         raise ValueError(
             f"--output_dir={str(output_dir)!r} exists and is not empty; pass --overwrite_output_dir or choose another folder"
+        )
+    staging = staging_dir(output_dir)
+    if staging.exists() and not (overwrite or resuming):
+        raise ValueError(
+            f"--output_dir={str(output_dir)!r}: an unfinished run left {str(staging)!r}; pass "
+            "--resume_from_checkpoint true to continue it or --overwrite_output_dir to discard it"
         )
 
 
@@ -357,6 +414,68 @@ def select_tuning_set(dataset, *, ratio: float | None = 0.02, num_samples: int |
     return dataset.select(np.sort(indices).tolist())
 
 
+def select_tuning_stream(stream, *, ratio: float | None = 0.02, num_samples: int | None = None, seed: int = 0):
+    """Streaming tuning set, as a lazy `IterableDataset` plus its size: `(stream, count)`.
+
+    Row `i` gets a fixed draw from `(seed, i)` (`hf_fst.attacks.streaming.row_draws`, the same policy as streaming
+    poisoning). With `ratio`, rows whose draw is below `ratio` are kept; with `num_samples`, the `num_samples` rows
+    with the smallest draws (a uniform sample without replacement, found in one pass that holds `num_samples`
+    numbers). The counting pass reads the rows once without decoding images; memory stays bounded.
+    """
+    import heapq
+
+    from hf_fst.attacks.streaming import row_draws
+
+    if num_samples is not None and num_samples <= 0:
+        raise ValueError(f"--num_tuning_samples={num_samples} gives an empty tuning set; pass a positive number")
+    if num_samples is None and (ratio is None or not 0 < ratio <= 1):
+        raise ValueError(f"--tuning_split_ratio={ratio} must be in (0, 1]; the paper uses 0.02")
+    from datasets import Image as ImageFeature
+
+    # Count over one cheap column: a non-image one, else an image column left undecoded.
+    names = list(stream.features)
+    first = next((n for n in names if not isinstance(stream.features[n], ImageFeature)), names[0])
+    probe = stream.select_columns([first])
+    if isinstance(probe.features[first], ImageFeature):
+        probe = probe.cast_column(first, ImageFeature(decode=False))
+
+    def row_batches():
+        offset = 0
+        for batch in probe.iter(batch_size=1000):
+            rows = np.arange(offset, offset + len(batch[first]))
+            offset += len(rows)
+            yield rows
+
+    scale = float(2**64)
+    if num_samples is not None:
+        heap: list[int] = []  # max-heap (negated) of the smallest draws
+        for rows in row_batches():
+            for draw in row_draws(seed, rows, 4).tolist():
+                if len(heap) < num_samples:
+                    heapq.heappush(heap, -draw)
+                elif draw < -heap[0]:
+                    heapq.heapreplace(heap, -draw)
+        if not heap:
+            raise ValueError("the training split is empty, so the tuning set is empty; pass a --train_split with rows")
+        threshold, count = -heap[0], len(heap)
+    else:
+        threshold, count = int(ratio * scale), 0
+        for rows in row_batches():
+            count += int((row_draws(seed, rows, 4) < np.uint64(min(threshold, 2**64 - 1))).sum())
+        if count == 0:
+            raise ValueError(
+                f"--tuning_split_ratio={ratio} keeps no row of the stream; raise it or pass --num_tuning_samples"
+            )
+    inclusive = num_samples is not None
+
+    def keep(batch: Mapping[str, list], indices: list[int]) -> list[bool]:
+        draws = row_draws(seed, np.asarray(indices), 4)
+        limit = np.uint64(min(threshold, 2**64 - 1))
+        return (draws <= limit if inclusive else draws < limit).tolist()
+
+    return stream.filter(keep, with_indices=True, batched=True, batch_size=1000), count
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Preprocessing
 # --------------------------------------------------------------------------------------------------------------------
@@ -431,6 +550,7 @@ class ImageClassificationTransform:
         horizontal_flip: bool = True,
         crop_padding: int | None = None,
         keep_original_label: bool = True,
+        seed: int | None = None,
     ) -> None:
         self.image_column = image_column
         self.label_column = label_column
@@ -449,6 +569,8 @@ class ImageClassificationTransform:
         self.horizontal_flip = horizontal_flip
         self.crop_padding = crop_padding
         self.keep_original_label = keep_original_label
+        self.seed = seed
+        self.epoch = 0  # set by `AugmentationEpochCallback` at every epoch start
 
     @property
     def mode(self) -> str:
@@ -478,21 +600,38 @@ class ImageClassificationTransform:
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (batch - mean) / std
 
+    def _draws(self, pixels: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crop offsets `(n, 2)` and flip flags `(n,)` for a batch.
+
+        Without a seed they come from torch's global RNG. With one, each row's draw depends only on (seed, epoch, the
+        row's pixels): the Trainer fetches the first batches after `--resume_from_checkpoint` before it restores the
+        RNG state, so global-RNG augmentation would make a resumed run differ from an uninterrupted one.
+        """
+        count = pixels.shape[0]
+        if self.seed is None:
+            return torch.randint(0, 2 * pad + 1, (count, 2)), torch.rand(count) < 0.5
+        offsets, flips = [], []
+        for row in pixels:
+            digest = hashlib.blake2b(row.contiguous().numpy().tobytes(), digest_size=8).digest()
+            rng = np.random.default_rng([int(self.seed), int(self.epoch), int.from_bytes(digest, "little")])
+            offsets.append(rng.integers(0, 2 * pad + 1, size=2))
+            flips.append(rng.random() < 0.5)
+        return torch.as_tensor(np.stack(offsets), dtype=torch.long), torch.as_tensor(flips)
+
     def _augment(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Random crop with padding and horizontal flip, drawn from torch's RNG (seeded by the Trainer)."""
+        """Random crop with padding and horizontal flip (see `_draws` for where the randomness comes from)."""
         _, channels, height, width = pixels.shape
         pad = self.crop_padding if self.crop_padding is not None else max(1, min(height, width) // 8)
+        offsets, flip = self._draws(pixels, max(pad, 0))
         if pad > 0:
             # Pad with the value a black pixel has after normalisation, as padding before normalising would.
             fill = (-torch.tensor(self.mean) / torch.tensor(self.std)).view(1, channels, 1, 1)
             padded = fill.expand(pixels.shape[0], channels, height + 2 * pad, width + 2 * pad).clone()
             padded[:, :, pad : pad + height, pad : pad + width] = pixels
-            offsets = torch.randint(0, 2 * pad + 1, (pixels.shape[0], 2))
             pixels = torch.stack(
                 [padded[i, :, y : y + height, x : x + width] for i, (y, x) in enumerate(offsets.tolist())]
             )
         if self.horizontal_flip:
-            flip = torch.rand(pixels.shape[0]) < 0.5
             pixels = torch.where(flip.view(-1, 1, 1, 1), pixels.flip(-1), pixels)
         return pixels
 
@@ -533,8 +672,13 @@ def build_transform(
     horizontal_flip: bool = True,
     crop_padding: int | None = None,
     keep_original_label: bool | None = None,
+    seed: int | None = None,
 ) -> ImageClassificationTransform:
-    """The transform for a model: its image processor when it has one, else native size and default normalisation."""
+    """The transform for a model: its image processor when it has one, else native size and default normalisation.
+
+    `seed` makes training augmentation a function of (seed, epoch, row), which a resumed run reproduces exactly;
+    add `AugmentationEpochCallback(transform)` to the Trainer so the epoch is known.
+    """
     config = getattr(model, "config", model)
     return ImageClassificationTransform(
         image_column,
@@ -547,7 +691,20 @@ def build_transform(
         horizontal_flip=horizontal_flip,
         crop_padding=crop_padding,
         keep_original_label=not train if keep_original_label is None else keep_original_label,
+        seed=seed,
     )
+
+
+def augmentation_epoch_callback(transform: ImageClassificationTransform):
+    """A `TrainerCallback` that tells a seeded transform which epoch is starting (also right after a resume)."""
+    from transformers import TrainerCallback
+
+    class AugmentationEpochCallback(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            # state.epoch is e + k/n mid-epoch (resume) and exactly e at an epoch boundary.
+            transform.epoch = math.floor((state.epoch or 0.0) + 1e-9)
+
+    return AugmentationEpochCallback()
 
 
 def default_image_processor(config: Any, image_size: tuple[int, int]):
@@ -636,6 +793,17 @@ class DataArguments:
     crop_padding: int | None = field(
         default=None, metadata={"help": "Padding of the random crop; default 1/8 of the image side (4 at 32x32)."}
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the training split (an IterableDataset, bounded memory); needs --max_steps. The test "
+            "split is still read into memory (limit it with --max_eval_samples)."
+        },
+    )
+    shuffle_buffer_size: int = field(
+        default=10_000,
+        metadata={"help": "With --streaming: rows held for the seeded shuffle buffer (reshuffled every epoch)."},
+    )
 
     def __post_init__(self) -> None:
         if not self.dataset_name:
@@ -646,6 +814,10 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"--{name}={value} must be a positive number of rows; drop it to use every row")
+        if self.shuffle_buffer_size < 1:
+            raise ValueError(
+                f"--shuffle_buffer_size={self.shuffle_buffer_size} must be at least 1 (1 keeps the stream's order)"
+            )
 
 
 @dataclass
@@ -662,6 +834,13 @@ class ModelArguments:
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Allow writing into a non-empty --output_dir (it is never clobbered otherwise)."},
+    )
+    allow_pickle_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "DANGEROUS: also load weights from pickle files (pytorch_model.bin, checkpoints without "
+            "safetensors). Unpickling a file can run code chosen by its author; use only for files you trust."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -723,6 +902,130 @@ def resolve_columns_or_raise(dataset, image_column: str | None, label_column: st
             str(err).replace("image_column=", "--image_column_name=").replace("label_column=", "--label_column_name=")
         )
         raise ValueError(message) from err
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Crash-safe outputs: stage in `<output_dir>.partial`, rename into place at the end
+# --------------------------------------------------------------------------------------------------------------------
+
+STAGING_SUFFIX = ".partial"
+FST_STATE_FILE = "fst_state.safetensors"  # same name as hf_fst.tuning.trainer.FST_STATE_NAME (kept import-free)
+
+
+def staging_dir(output_dir: str | os.PathLike) -> Path:
+    """The sibling folder a run writes into (checkpoints and final files) until it finishes: `<output_dir>.partial`.
+
+    A sibling, not a subfolder, so that the finished `output_dir` appears in one `rename` and a crash can never leave
+    a folder under the final name that looks complete.
+    """
+    path = Path(output_dir).expanduser()
+    return path.with_name(path.name + STAGING_SUFFIX)
+
+
+def _is_complete_checkpoint(folder: Path) -> bool:
+    """A checkpoint whose last files were written: the Trainer state, then (by FSTTrainer) the FST state."""
+    return (folder / "trainer_state.json").is_file() and (folder / FST_STATE_FILE).is_file()
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    found = []
+    for child in folder.glob("checkpoint-*") if folder.is_dir() else ():
+        step = child.name.rpartition("-")[2]
+        if step.isdigit() and _is_complete_checkpoint(child):
+            found.append((int(step), child))
+    return max(found)[1] if found else None
+
+
+def resolve_resume_checkpoint(
+    value: str | None, output_dir: str | os.PathLike, *, allow_pickle: bool = False
+) -> str | None:
+    """Turn `--resume_from_checkpoint` into a checked folder, or None.
+
+    `true` / `last` pick the newest complete checkpoint (one whose FST state was written, so a checkpoint cut short
+    by a crash is skipped) in the staging folder, else in `output_dir`. A path must be such a checkpoint.
+    """
+    if value is None or str(value).strip() == "" or str(value).lower() in ("false", "none"):
+        return None
+    if str(value).lower() in ("true", "last", "latest"):
+        for folder in (staging_dir(output_dir), Path(output_dir)):
+            latest = _latest_checkpoint(folder)
+            if latest is not None:
+                check_safe_weights(latest, allow_pickle=allow_pickle, arg_name="--resume_from_checkpoint")
+                return str(latest)
+        raise ValueError(
+            f"--resume_from_checkpoint={value}: no complete checkpoint in {str(staging_dir(output_dir))!r} or "
+            f"{str(output_dir)!r}; pass a checkpoint folder, or drop the flag to start from scratch"
+        )
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ValueError(
+            f"--resume_from_checkpoint={value!r} is not a folder; pass a checkpoint-N folder (checkpoints are in "
+            f"{str(staging_dir(output_dir))!r} until the run finishes) or 'true' for the newest one"
+        )
+    if not _is_complete_checkpoint(path):
+        raise ValueError(
+            f"--resume_from_checkpoint={value!r} is incomplete (no trainer_state.json or {FST_STATE_FILE}, e.g. "
+            "cut short by a crash); pass an earlier checkpoint-N folder or 'true' for the newest complete one"
+        )
+    check_safe_weights(path, allow_pickle=allow_pickle, arg_name="--resume_from_checkpoint")
+    return str(path)
+
+
+def prepare_staging(output_dir: str | os.PathLike, *, overwrite: bool, resuming: bool) -> Path:
+    """Create (or reuse, when resuming) the staging folder; refuse a stale one left by a crash unless told.
+
+    Called after the cheap checks so a typo never deletes anything.
+    """
+    staging = staging_dir(output_dir)
+    if staging.exists() and not resuming:
+        if not overwrite:
+            raise ValueError(
+                f"--output_dir={str(output_dir)!r}: an unfinished run left {str(staging)!r}; pass "
+                "--resume_from_checkpoint true to continue it or --overwrite_output_dir to discard it"
+            )
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
+def commit_output(staging: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
+    """Move the finished staging folder to `output_dir` (one atomic rename when `output_dir` does not exist).
+
+    When `output_dir` exists (allowed by `--overwrite_output_dir`, or a run resumed from its checkpoints), it is
+    renamed aside first and removed only after the new folder is in place; its checkpoints that the staging folder
+    lacks are carried over, so resuming never loses them.
+    """
+    staging, final = Path(staging), Path(output_dir).expanduser()
+    if not final.exists():
+        os.replace(staging, final)
+        return final
+    aside = final.with_name(f"{final.name}.old-{os.getpid()}")
+    for child in final.glob("checkpoint-*"):
+        if not (staging / child.name).exists():
+            os.replace(child, staging / child.name)
+    os.replace(final, aside)
+    os.replace(staging, final)
+    shutil.rmtree(aside, ignore_errors=True)
+    return final
+
+
+def _stream_rows(stream):
+    yield from stream
+
+
+def materialize_stream(stream, image_column: str):
+    """A map-style `Dataset` with the rows of a stream, written to an Arrow cache in batches (bounded memory).
+
+    Images pass through as their original bytes (decoding and re-encoding a JPEG would change its pixels).
+    """
+    import dataclasses
+
+    from datasets import Dataset
+
+    feature = stream.features[image_column]
+    raw = stream.cast_column(image_column, dataclasses.replace(feature, decode=False))
+    table = Dataset.from_generator(_stream_rows, gen_kwargs={"stream": raw}, features=raw.features)
+    return table.cast_column(image_column, feature)
 
 
 def take(dataset, limit: int | None, seed: int):

@@ -314,7 +314,7 @@ class GridRunner:
         folder = Path(self.config.cache_dir) / key
         if (folder / "info.json").is_file():
             model_class = ViTForImageClassification if self.config.model == "vit-s" else ResNetForImageClassification
-            model = model_class.from_pretrained(folder).eval()
+            model = model_class.from_pretrained(folder, use_safetensors=True).eval()
             return model, json.loads((folder / "info.json").read_text())
         model, info = build()
         folder.parent.mkdir(parents=True, exist_ok=True)

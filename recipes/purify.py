@@ -10,6 +10,10 @@ Every `TrainingArguments` flag works (`FSTConfig` is one), plus the data, model 
 set is drawn, seeded, from the clean training split; the input model is evaluated first (C-Acc, ASR, RA), then
 tuned, then evaluated again. `output_dir` gets the model (safetensors), its config with `id2label`, an image
 processor config, a README.md model card and `all_results.json`.
+Crash safety: checkpoints and outputs are written to `<output_dir>.partial` and renamed to `output_dir` only when
+everything is written; `--resume_from_checkpoint true` continues a killed run from its newest complete checkpoint.
+Weights load from safetensors only (`--allow_pickle_weights` is the dangerous opt-in). `--streaming --max_steps N`
+reads the training split as a stream. Exit status: 2 for bad input, 3 for a non-finite loss.
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ from hf_fst.data import (
     ConfigurationError,
     DataArguments,
     ModelArguments,
+    augmentation_epoch_callback,
     build_transform,
     check_head,
     check_output_dir,
     collate_image_batch,
+    commit_output,
     default_image_processor,
     get_split,
     label_names,
@@ -43,11 +49,15 @@ from hf_fst.data import (
     load_image_dataset,
     load_image_processor,
     match_attack_to_model,
+    materialize_stream,
     model_input_size,
     native_image_size,
+    prepare_staging,
     recipe_parser,
     resolve_columns_or_raise,
+    resolve_resume_checkpoint,
     select_tuning_set,
+    select_tuning_stream,
     set_label_mapping,
     take,
 )
@@ -115,6 +125,8 @@ class PurifyRun:
     processor: object | None
     test_split: object
     tuning_set: object
+    num_tuning_samples: int
+    num_train_rows: int | None
 
 
 def prepare(argv: list[str] | None = None) -> PurifyRun:
@@ -130,10 +142,25 @@ def prepare(argv: list[str] | None = None) -> PurifyRun:
         check_output_dir(
             training_args.output_dir, model_args.overwrite_output_dir, bool(training_args.resume_from_checkpoint)
         )
+        training_args.resume_from_checkpoint = resolve_resume_checkpoint(
+            training_args.resume_from_checkpoint,
+            training_args.output_dir,
+            allow_pickle=model_args.allow_pickle_weights,
+        )
+        if data_args.streaming and training_args.max_steps <= 0:
+            raise ValueError(
+                "--streaming: a stream has no length, so the Trainer cannot count epochs; pass --max_steps N "
+                "(e.g. epochs * tuning-set size / batch size)"
+            )
         if push:
             hub_token = get_token_or_raise(hub_token)
 
-        raw = load_image_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir)
+        raw = load_image_dataset(
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            cache_dir=model_args.cache_dir,
+            **({"streaming": True} if data_args.streaming else {}),
+        )
         train_split = get_split(raw, data_args.train_split, arg_name="--train_split")
         test_split = get_split(raw, data_args.test_split, arg_name="--test_split")
         image_col, label_col = resolve_columns_or_raise(
@@ -142,30 +169,49 @@ def prepare(argv: list[str] | None = None) -> PurifyRun:
         names = label_names(train_split, label_col)
         attack = None if attack_args.attack.strip().lower() == "none" else attack_args.build(len(names))
 
-        model = load_classifier(model_args.model_id, cache_dir=model_args.cache_dir)
+        model = load_classifier(
+            model_args.model_id, cache_dir=model_args.cache_dir, allow_pickle=model_args.allow_pickle_weights
+        )
         check_head(model, len(names), head_name=training_args.head_name)
         processor = load_image_processor(model_args.model_id)
         if attack is not None:
             attack = match_attack_to_model(attack, model, processor, test_split, image_col)
 
-        train_split = take(train_split, data_args.max_train_samples, training_args.seed)
-        test_split = take(test_split, data_args.max_eval_samples, training_args.seed)
-        tuning_set = select_tuning_set(
-            train_split,
-            ratio=purify_args.tuning_split_ratio,
-            num_samples=purify_args.num_tuning_samples,
-            seed=training_args.seed,
-        )
+        if data_args.streaming:
+            # Stream the training rows; the (small) test split goes to an Arrow cache, written batch by batch.
+            if data_args.max_train_samples is not None:
+                train_split = train_split.take(data_args.max_train_samples)
+            test_split = take(
+                materialize_stream(test_split, image_col), data_args.max_eval_samples, training_args.seed
+            )
+            tuning_set, num_tuning = select_tuning_stream(
+                train_split,
+                ratio=purify_args.tuning_split_ratio,
+                num_samples=purify_args.num_tuning_samples,
+                seed=training_args.seed,
+            )
+            num_train_rows = None
+        else:
+            train_split = take(train_split, data_args.max_train_samples, training_args.seed)
+            test_split = take(test_split, data_args.max_eval_samples, training_args.seed)
+            tuning_set = select_tuning_set(
+                train_split,
+                ratio=purify_args.tuning_split_ratio,
+                num_samples=purify_args.num_tuning_samples,
+                seed=training_args.seed,
+            )
+            num_tuning, num_train_rows = len(tuning_set), len(train_split)
     except ConfigurationError:
         raise
     except ValueError as err:
         raise ConfigurationError(str(err)) from err
     logger.info(
-        "tuning set: %d of %d training rows; mode %s", len(tuning_set), len(train_split), training_args.tuning_mode
-    )
+        "tuning set: %d of %s training rows; mode %s", num_tuning, num_train_rows or "(streamed)",
+        training_args.tuning_mode,
+    )  # fmt: skip
     return PurifyRun(
         data_args, model_args, attack_args, purify_args, training_args, push, hub_token, names, image_col, label_col,
-        attack, model, processor, test_split, tuning_set,
+        attack, model, processor, test_split, tuning_set, num_tuning, num_train_rows,
     )  # fmt: skip
 
 
@@ -196,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
         augment=data_args.augment,
         horizontal_flip=data_args.horizontal_flip,
         crop_padding=data_args.crop_padding,
+        seed=training_args.seed,
     )
     clean_eval = test_split.with_transform(eval_transform)
     backdoor_eval = None if backdoor_test is None else backdoor_test.with_transform(eval_transform)
@@ -213,12 +260,27 @@ def main(argv: list[str] | None = None) -> dict:
     before = measure(model)
     logger.info("before: %s", before)
 
-    # ---- tune
+    # ---- tune, writing checkpoints and outputs into <output_dir>.partial until everything is written
+    output_dir = Path(training_args.output_dir)
+    with training_args.main_process_first(desc="staging folder"):
+        staging = prepare_staging(
+            output_dir,
+            overwrite=model_args.overwrite_output_dir and training_args.process_index == 0,
+            resuming=bool(training_args.resume_from_checkpoint) or training_args.process_index != 0,
+        )
+    training_args.output_dir = str(staging)
     trainer = FSTTrainer(
         model=model,
         args=training_args,
-        train_dataset=tuning_set.with_transform(train_transform),
+        train_dataset=(
+            tuning_set.shuffle(seed=training_args.seed, buffer_size=data_args.shuffle_buffer_size).map(
+                train_transform, batched=True, remove_columns=list(tuning_set.features)
+            )
+            if data_args.streaming
+            else tuning_set.with_transform(train_transform)
+        ),
         data_collator=collate_image_batch,
+        callbacks=[augmentation_epoch_callback(train_transform)],
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     purified = trainer.accelerator.unwrap_model(trainer.model)
@@ -232,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
         {
             "tuning_mode": training_args.tuning_mode,
             "fst_alpha": training_args.fst_alpha,
-            "num_tuning_samples": len(tuning_set),
+            "num_tuning_samples": run.num_tuning_samples,
             "train_loss": train_result.training_loss,
             "seed": training_args.seed,
             "attack": None if attack is None else attack.to_dict(),
@@ -240,16 +302,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(f"[hf-fst] {_rank_line(training_args, results, purified)}", flush=True)
 
-    # ---- save: the weights collectively, everything else from the main process
-    output_dir = Path(training_args.output_dir)
+    # ---- save into the staging folder: the weights collectively, everything else from the main process
     set_label_mapping(purified.config, names)
-    trainer.save_model(str(output_dir))  # on every rank: FSDP gathers the weights collectively; rank 0 writes
+    trainer.save_model(str(staging))  # on every rank: FSDP gathers the weights collectively; rank 0 writes
     if trainer.is_world_process_zero():
         if processor is None:
             size = model_input_size(purified.config) or native_image_size(test_split, image_col)
             processor = default_image_processor(purified.config, size)
-        processor.save_pretrained(str(output_dir))
-        (output_dir / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        processor.save_pretrained(str(staging))
+        (staging / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
         world = training_args.world_size
         repo_id = training_args.hub_model_id or output_dir.resolve().name
         card = render_model_card(
@@ -264,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
             attack=None if attack is None else attack.to_dict(),
             tuning_mode=training_args.tuning_mode,
             fst_alpha=training_args.fst_alpha,
-            tuning_set_size=len(tuning_set),
+            tuning_set_size=run.num_tuning_samples,
             tuning_split_ratio=None if purify_args.num_tuning_samples else purify_args.tuning_split_ratio,
             training={
                 "num_train_epochs": training_args.num_train_epochs,
@@ -283,7 +344,8 @@ def main(argv: list[str] | None = None) -> dict:
             repo_id=repo_id,
             label_names=names,
         )
-        card.save(str(output_dir / "README.md"))
+        card.save(str(staging / "README.md"))
+        commit_output(staging, output_dir)  # the finished folder appears in one rename
         print(format_table({"before": before, f"after ({training_args.tuning_mode})": after}), flush=True)
         if run.push:
             url = push_to_hub(output_dir, repo_id, token=run.hub_token, private=training_args.hub_private_repo)
@@ -297,3 +359,6 @@ if __name__ == "__main__":
     except ConfigurationError as err:  # bad input: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except FloatingPointError as err:  # diverged: nothing was written under --output_dir
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(3) from None

@@ -9,6 +9,10 @@ Every `TrainingArguments` flag works. `--model_id` is a Hub id or a local folder
 random weights. Training is plain supervised learning (`FSTTrainer` in `ft` mode). `output_dir` gets the model
 (safetensors), its config with `id2label`, an image processor config, a README.md model card (marked as backdoored)
 and `all_results.json` with C-Acc, ASR and RA.
+Crash safety: checkpoints and outputs are written to `<output_dir>.partial` and renamed to `output_dir` only when
+everything is written; `--resume_from_checkpoint true` continues a killed run from its newest complete checkpoint.
+Weights load from safetensors only (`--allow_pickle_weights` is the dangerous opt-in). `--streaming --max_steps N`
+reads the training split as a stream. Exit status: 2 for bad input, 3 for a non-finite loss.
 """
 
 from __future__ import annotations
@@ -25,15 +29,18 @@ from transformers import AutoModelForImageClassification, set_seed
 
 from hf_fst import FSTConfig, FSTTrainer, backdoor_test_set, evaluate_backdoor, poison_dataset
 from hf_fst.attacks import AttackConfig
+from hf_fst.attacks.streaming import count_poisoned, poison_iterable_dataset
 from hf_fst.data import (
     AttackArguments,
     ConfigurationError,
     DataArguments,
     ModelArguments,
+    augmentation_epoch_callback,
     build_transform,
     check_head,
     check_output_dir,
     collate_image_batch,
+    commit_output,
     default_image_processor,
     get_split,
     label_names,
@@ -42,11 +49,14 @@ from hf_fst.data import (
     load_image_dataset,
     load_image_processor,
     match_attack_to_model,
+    materialize_stream,
     model_input_size,
     native_image_size,
+    prepare_staging,
     rate_or_raise,
     recipe_parser,
     resolve_columns_or_raise,
+    resolve_resume_checkpoint,
     set_label_mapping,
     take,
 )
@@ -100,20 +110,46 @@ def prepare(argv: list[str] | None = None) -> dict:
             training_args.output_dir, model_args.overwrite_output_dir, bool(training_args.resume_from_checkpoint)
         )
         rate_or_raise(attack_args.poison_rate, "--poison_rate")
+        training_args.resume_from_checkpoint = resolve_resume_checkpoint(
+            training_args.resume_from_checkpoint,
+            training_args.output_dir,
+            allow_pickle=model_args.allow_pickle_weights,
+        )
+        if data_args.streaming and training_args.max_steps <= 0:
+            raise ValueError(
+                "--streaming: a stream has no length, so the Trainer cannot count epochs; pass --max_steps N "
+                "(e.g. epochs * training rows / batch size)"
+            )
         if push:
             hub_token = get_token_or_raise(hub_token)
 
-        raw = load_image_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir)
+        raw = load_image_dataset(
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            cache_dir=model_args.cache_dir,
+            **({"streaming": True} if data_args.streaming else {}),
+        )
         train_split = get_split(raw, data_args.train_split, arg_name="--train_split")
         test_split = get_split(raw, data_args.test_split, arg_name="--test_split")
         image_col, label_col = resolve_columns_or_raise(
             train_split, data_args.image_column_name, data_args.label_column_name
         )
-        names = label_names(train_split, label_col)
+        if data_args.streaming:  # the test split goes to an Arrow cache, written batch by batch
+            test_split = materialize_stream(test_split, image_col)
+        names = label_names(test_split if data_args.streaming else train_split, label_col)
         extra = {}
         if backdoor_args.attack_model_id:
-            extra["model"] = load_classifier(backdoor_args.attack_model_id, arg_name="--attack_model_id")
+            extra["model"] = load_classifier(
+                backdoor_args.attack_model_id,
+                arg_name="--attack_model_id",
+                allow_pickle=model_args.allow_pickle_weights,
+            )
         attack = attack_args.build(len(names), **extra)
+        if data_args.streaming and type(attack).prepare is not AttackConfig.prepare:
+            raise ValueError(
+                f"--attack={attack.name!r} needs every poisoned image up front, which a stream cannot give; "
+                "drop --streaming"
+            )
         if type(attack).prepare is not AttackConfig.prepare and getattr(attack, "model", None) is None:
             raise ValueError(
                 f"--attack={attack.name!r} needs a clean model for its perturbation; pass --attack_model_id <folder or Hub id>"
@@ -130,12 +166,22 @@ def prepare(argv: list[str] | None = None) -> dict:
             model = AutoModelForImageClassification.from_config(config)
         else:
             model = load_classifier(
-                model_args.model_id, cache_dir=model_args.cache_dir, ignore_mismatched_sizes=True, **label_kwargs
+                model_args.model_id,
+                cache_dir=model_args.cache_dir,
+                ignore_mismatched_sizes=True,
+                allow_pickle=model_args.allow_pickle_weights,
+                **label_kwargs,
             )
         check_head(model, len(names), head_name=training_args.head_name)
         processor = load_image_processor(model_args.model_id)
-        attack = match_attack_to_model(attack, model, processor, train_split, image_col)
-        train_split = take(train_split, data_args.max_train_samples, training_args.seed)
+        attack = match_attack_to_model(
+            attack, model, processor, test_split if data_args.streaming else train_split, image_col
+        )
+        if data_args.streaming:
+            if data_args.max_train_samples is not None:
+                train_split = train_split.take(data_args.max_train_samples)
+        else:
+            train_split = take(train_split, data_args.max_train_samples, training_args.seed)
         test_split = take(test_split, data_args.max_eval_samples, training_args.seed)
     except ConfigurationError:
         raise
@@ -172,7 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_split, test_split = run["train_split"], run["test_split"]
 
     with training_args.main_process_first(desc="poisoning"):
-        poisoned = poison_dataset(
+        poison = poison_iterable_dataset if data_args.streaming else poison_dataset
+        poisoned = poison(
             train_split,
             attack,
             attack_args.poison_rate,
@@ -181,8 +228,12 @@ def main(argv: list[str] | None = None) -> dict:
             label_column=label_col,
         )
         backdoor_test = backdoor_test_set(test_split, attack, image_col, label_col)
-    num_poisoned = int(sum(poisoned["is_poisoned"]))
-    logger.info("poisoned %d of %d training rows with %s", num_poisoned, len(poisoned), attack.name)
+    if data_args.streaming:  # per-row policy (see hf_fst.attacks.streaming); counted from the labels alone
+        num_poisoned = count_poisoned(train_split, attack, attack_args.poison_rate, training_args.seed, label_col)
+        logger.info("poisoned %d streamed training rows with %s", num_poisoned, attack.name)
+    else:
+        num_poisoned = int(sum(poisoned["is_poisoned"]))
+        logger.info("poisoned %d of %d training rows with %s", num_poisoned, len(poisoned), attack.name)
 
     train_transform = build_transform(
         model,
@@ -193,13 +244,30 @@ def main(argv: list[str] | None = None) -> dict:
         augment=data_args.augment,
         horizontal_flip=data_args.horizontal_flip,
         crop_padding=data_args.crop_padding,
+        seed=training_args.seed,
     )
     eval_transform = build_transform(model, processor, image_col, label_col, train=False)
+    # Checkpoints and outputs go to <output_dir>.partial; the finished folder appears in one rename at the end.
+    output_dir = Path(training_args.output_dir)
+    with training_args.main_process_first(desc="staging folder"):
+        staging = prepare_staging(
+            output_dir,
+            overwrite=model_args.overwrite_output_dir and training_args.process_index == 0,
+            resuming=bool(training_args.resume_from_checkpoint) or training_args.process_index != 0,
+        )
+    training_args.output_dir = str(staging)
     trainer = FSTTrainer(
         model=model,
         args=training_args,
-        train_dataset=poisoned.with_transform(train_transform),
+        train_dataset=(
+            poisoned.shuffle(seed=training_args.seed, buffer_size=data_args.shuffle_buffer_size).map(
+                train_transform, batched=True, remove_columns=list(poisoned.features)
+            )
+            if data_args.streaming
+            else poisoned.with_transform(train_transform)
+        ),
         data_collator=collate_image_batch,
+        callbacks=[augmentation_epoch_callback(train_transform)],
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trained = trainer.accelerator.unwrap_model(trainer.model)
@@ -223,15 +291,14 @@ def main(argv: list[str] | None = None) -> dict:
     checksum = float(sum(t.detach().double().sum() for t in trained.state_dict().values()))
     print(f"[hf-fst] {json.dumps({'rank': training_args.process_index, 'results': results, 'param_sum': checksum})}")
 
-    output_dir = Path(training_args.output_dir)
     set_label_mapping(trained.config, names)
-    trainer.save_model(str(output_dir))  # on every rank: FSDP gathers the weights collectively; rank 0 writes
+    trainer.save_model(str(staging))  # on every rank: FSDP gathers the weights collectively; rank 0 writes
     if trainer.is_world_process_zero():
         if processor is None:
             size = model_input_size(trained.config) or native_image_size(test_split, image_col)
             processor = default_image_processor(trained.config, size)
-        processor.save_pretrained(str(output_dir))
-        (output_dir / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        processor.save_pretrained(str(staging))
+        (staging / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
         world = training_args.world_size
         repo_id = training_args.hub_model_id or output_dir.resolve().name
         card = render_model_card(
@@ -261,7 +328,8 @@ def main(argv: list[str] | None = None) -> dict:
             repo_id=repo_id,
             label_names=names,
         )
-        card.save(str(output_dir / "README.md"))
+        card.save(str(staging / "README.md"))
+        commit_output(staging, output_dir)  # the finished folder appears in one rename
         print(format_table({"backdoored": results}), flush=True)
         if run["push"]:
             url = push_to_hub(
@@ -281,3 +349,6 @@ if __name__ == "__main__":
     except ConfigurationError as err:  # bad input: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except FloatingPointError as err:  # diverged: nothing was written under --output_dir
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(3) from None

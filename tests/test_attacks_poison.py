@@ -260,8 +260,8 @@ def test_bad_inputs():
         poison_dataset(ds, "badnet", 0.1, image_column="pic")
     with pytest.raises(ValueError, match=r"^dataset=: got a DatasetDict"):
         poison_dataset(DatasetDict(train=ds), "badnet", 0.1)
-    with pytest.raises(ValueError, match=r"^dataset=: expected a map-style"):
-        poison_dataset(ds.to_iterable_dataset(), "badnet", 0.1)
+    with pytest.raises(ValueError, match=r"^num_proc=2: a stream is poisoned lazily"):
+        poison_dataset(ds.to_iterable_dataset(), "badnet", 0.1, num_proc=2)
     with pytest.raises(ValueError, match=r"^dataset=: already has column\(s\) \['is_poisoned', 'original_label'\]"):
         poison_dataset(poison_dataset(ds, "badnet", 0.1), "badnet", 0.1)
     with pytest.raises(ValueError, match=r"^model=: the 'lc' attack needs a clean model"):

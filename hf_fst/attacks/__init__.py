@@ -18,6 +18,7 @@ from hf_fst.attacks.lc import LCConfig
 from hf_fst.attacks.poison import PoisonPlan, backdoor_test_set, plan_poisoning, poison_dataset
 from hf_fst.attacks.registry import ATTACKS, get_attack, list_attacks, register_attack
 from hf_fst.attacks.sig import SIGConfig
+from hf_fst.attacks.streaming import count_poisoned, poison_iterable_dataset
 from hf_fst.attacks.wanet import WaNetConfig
 
 __all__ = [
@@ -31,9 +32,11 @@ __all__ = [
     "SIGConfig",
     "WaNetConfig",
     "backdoor_test_set",
+    "count_poisoned",
     "get_attack",
     "list_attacks",
     "plan_poisoning",
     "poison_dataset",
+    "poison_iterable_dataset",
     "register_attack",
 ]

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from datasets import ClassLabel, Dataset, Image, Value
+from datasets import ClassLabel, Dataset, Image, IterableDataset, Value
 from datasets.fingerprint import Hasher
 from PIL import Image as PILImage
 
@@ -385,7 +385,7 @@ def _apply_plan(
 # --------------------------------------------------------------------------------------------------------------
 # Public API
 def poison_dataset(
-    dataset: Dataset,
+    dataset: Dataset | IterableDataset,
     attack: AttackConfig | str,
     poison_rate: float,
     seed: int = 0,
@@ -395,8 +395,12 @@ def poison_dataset(
     num_proc: int | None = None,
     batch_size: int = 1000,
     load_from_cache_file: bool | None = None,
-) -> Dataset:
+) -> Dataset | IterableDataset:
     """Return `dataset` with `round(poison_rate * N)` rows poisoned by `attack`.
+
+    An `IterableDataset` (streaming) is poisoned lazily by `hf_fst.attacks.streaming.poison_iterable_dataset`
+    instead: each row is poisoned with probability `poison_rate` from a draw seeded by (seed, row index), so the
+    count is binomial rather than exact; see that module for clean-label and cover rows.
 
     The result has the same rows and columns plus `is_poisoned` (bool: the row carries the training trigger, and
     for dirty-label attacks the target label) and `original_label` (the label before poisoning). Cover/cross rows
@@ -412,6 +416,14 @@ def poison_dataset(
         image_column, label_column: detected when not given (`img`, `image`, `label`, `labels`, `fine_label`, ...).
         num_proc, batch_size, load_from_cache_file: passed to `Dataset.map`.
     """
+    if isinstance(dataset, IterableDataset):  # a stream: per-row policy, see hf_fst.attacks.streaming
+        from hf_fst.attacks.streaming import poison_iterable_dataset
+
+        if num_proc is not None:
+            raise ValueError(f"num_proc={num_proc}: a stream is poisoned lazily, batch by batch; drop num_proc")
+        return poison_iterable_dataset(
+            dataset, attack, poison_rate, seed, image_column, label_column, batch_size=batch_size
+        )
     _check_dataset(dataset)
     rate = _check_rate(poison_rate)
     _check_num_proc(num_proc)

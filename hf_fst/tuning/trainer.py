@@ -211,7 +211,10 @@ class FSTTrainer(Trainer):
         """Write W0 and ||W0|| (not model buffers, so they never leak into the saved model)."""
         tensors = {"w0": self.fst_w0.detach().cpu().contiguous(), "w0_norm": self.fst_w0_norm.detach().cpu()}
         metadata = {"head_name": self.head_name, "tuning_mode": self.args.tuning_mode}
-        save_file(tensors, os.path.join(folder, FST_STATE_NAME), metadata=metadata)
+        # Written last in a checkpoint and renamed into place, so its presence marks a complete checkpoint.
+        tmp = os.path.join(folder, FST_STATE_NAME + ".tmp")
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, os.path.join(folder, FST_STATE_NAME))
 
     def load_fst_state(self, folder: str) -> None:
         """Restore W0 and ||W0|| from a checkpoint written by `save_fst_state`."""
@@ -231,10 +234,31 @@ class FSTTrainer(Trainer):
         self.fst_w0 = state["w0"].to(device=device, dtype=self.fst_w0.dtype)
         self.fst_w0_norm = state["w0_norm"].to(device=device)
 
+    def last_complete_checkpoint(self) -> str | None:
+        """Newest `checkpoint-N` in `output_dir` that holds its FST state, or None.
+
+        The FST state is written last, so a checkpoint cut short by a crash lacks it and must not be resumed from.
+        """
+        if not os.path.isdir(self.args.output_dir):
+            return None
+        found = []
+        for name in os.listdir(self.args.output_dir):
+            step = name.removeprefix("checkpoint-")
+            folder = os.path.join(self.args.output_dir, name)
+            if (
+                name.startswith("checkpoint-")
+                and step.isdigit()
+                and os.path.isfile(os.path.join(folder, FST_STATE_NAME))
+            ):
+                found.append((int(step), folder))
+        return max(found)[1] if found else None
+
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         """`Trainer.train`, restoring W0 and ||W0|| first when resuming, and leaving identical models on all ranks."""
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
+            resume_from_checkpoint = (
+                self.last_complete_checkpoint() or get_last_checkpoint(self.args.output_dir) or True
+            )
         if isinstance(resume_from_checkpoint, (str, os.PathLike)):
             self.load_fst_state(os.fspath(resume_from_checkpoint))
         output = super().train(resume_from_checkpoint, *args, **kwargs)

@@ -1,0 +1,222 @@
+"""Streaming: poisoning an `IterableDataset` row by row, and FST tuning from a stream (max_steps)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from datasets import Dataset, load_dataset
+from safetensors.torch import save_file
+from tiny_models import tiny_resnet
+from transformers import ResNetConfig, ResNetForImageClassification
+
+from hf_fst import FSTConfig, FSTTrainer, get_attack
+from hf_fst.attacks.streaming import poison_iterable_dataset, row_draws
+from hf_fst.data import (
+    ConfigurationError,
+    augmentation_epoch_callback,
+    build_transform,
+    collate_image_batch,
+    select_tuning_stream,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+
+
+@pytest.fixture(scope="module")
+def parquet_dir(tmp_path_factory) -> Path:
+    """200 CIFAR-10 training rows, every class, as a parquet folder that load_dataset can stream."""
+    if not CIFAR.exists():
+        pytest.skip(f"{CIFAR} not found")
+    root = tmp_path_factory.mktemp("stream")
+    (root / "data").mkdir()
+    for split, count in (("train", 200), ("test", 60)):
+        table = pq.read_table(next((CIFAR / "data").glob(f"{split}-*.parquet")))
+        rows = np.sort(np.random.default_rng(1).choice(table.num_rows, size=count, replace=False))
+        pq.write_table(table.take(rows), root / "data" / f"{split}-00000-of-00001.parquet")
+    return root
+
+
+def rows_of(stream, limit: int | None = None) -> list[dict]:
+    return [row for i, row in enumerate(stream) if limit is None or i < limit]
+
+
+def test_row_draws_are_fixed_numbers():
+    """The per-row policy is a pure function of (seed, row): pinned values guard against silent changes."""
+    first = row_draws(0, np.arange(3), 1)
+    assert first.dtype == np.uint64 and len(set(first.tolist())) == 3
+    assert np.array_equal(row_draws(0, np.arange(3), 1), first)
+    assert not np.array_equal(row_draws(1, np.arange(3), 1), first)
+    # A different seed is not the same sequence shifted by one row.
+    assert not set(row_draws(1, np.arange(100), 1).tolist()) & set(row_draws(0, np.arange(100), 1).tolist())
+
+
+def test_stream_poisoning_is_deterministic_and_bounded_per_row(parquet_dir):
+    stream = load_dataset(str(parquet_dir), split="train", streaming=True)
+    attack = get_attack("badnet", target_label=0)
+    a = rows_of(poison_iterable_dataset(stream, attack, 0.2, seed=4, batch_size=64))
+    b = rows_of(poison_iterable_dataset(stream, attack, 0.2, seed=4, batch_size=7))
+    c = rows_of(poison_iterable_dataset(stream, attack, 0.2, seed=5, batch_size=64))
+    clean = rows_of(stream)
+    assert len(a) == len(clean) == 200
+    flags = [r["is_poisoned"] for r in a]
+    assert flags == [r["is_poisoned"] for r in b] and flags != [r["is_poisoned"] for r in c]
+    assert 20 <= sum(flags) <= 60  # binomial(200, 0.2): mean 40
+    for got, again, orig in zip(a, b, clean, strict=True):
+        pixels = np.asarray(got["img"])
+        assert np.array_equal(pixels, np.asarray(again["img"]))
+        assert got["original_label"] == orig["label"]
+        if got["is_poisoned"]:
+            assert got["label"] == 0
+            assert (pixels[-3:, -3:] == 255).all()  # the 3x3 white patch, bottom right
+            rest = np.asarray(orig["img"].convert("RGB")).copy()
+            rest[-3:, -3:] = 255
+            assert np.array_equal(pixels, rest)  # and nothing else changed
+        else:
+            assert got["label"] == orig["label"] and np.array_equal(pixels, np.asarray(orig["img"]))
+
+
+def test_clean_label_stream_and_refusals(parquet_dir):
+    stream = load_dataset(str(parquet_dir), split="train", streaming=True)
+    out = rows_of(poison_iterable_dataset(stream, get_attack("sig", target_label=3), 0.5, seed=0))
+    poisoned = [r for r in out if r["is_poisoned"]]
+    targets = [r for r in out if r["original_label"] == 3]
+    assert poisoned and all(r["original_label"] == 3 and r["label"] == 3 for r in poisoned)
+    assert len(poisoned) < len(targets)  # rate 0.5 of the target class, not all of it
+    with pytest.raises(ValueError, match=r"^attack='lc' needs an up-front pass.*poison_dataset"):
+        poison_iterable_dataset(stream, get_attack("lc", target_label=0, model=tiny_resnet(10)), 0.1)
+    with pytest.raises(ValueError, match=r"^dataset=: expected a datasets.IterableDataset"):
+        poison_iterable_dataset(Dataset.from_dict({"label": [0]}), "badnet", 0.1)
+    with pytest.raises(ValueError, match=r"^target_label=12 is outside the label set"):
+        poison_iterable_dataset(stream, get_attack("badnet", target_label=12), 0.1)
+
+
+def _tune_from_stream(parquet_dir: Path, out: Path, max_steps: int | None) -> FSTTrainer:
+    stream = load_dataset(str(parquet_dir), split="train", streaming=True)
+    poisoned = poison_iterable_dataset(stream, get_attack("badnet", target_label=0), 0.1, seed=0)
+    model = tiny_resnet(10)
+    transform = build_transform(model, None, "img", "label", train=True, seed=0)
+    batches = poisoned.map(transform, batched=True, batch_size=16, remove_columns=["img", "label", "original_label"])
+    args = FSTConfig(
+        output_dir=str(out), tuning_mode="fst", fst_alpha=0.2, per_device_train_batch_size=16,
+        learning_rate=0.01, max_steps=max_steps or -1, save_strategy="no", report_to="none", seed=0,
+        disable_tqdm=True, dataloader_pin_memory=False, remove_unused_columns=False,
+    )  # fmt: skip
+    trainer = FSTTrainer(
+        model=model,
+        args=args,
+        train_dataset=batches,
+        data_collator=collate_image_batch,
+        callbacks=[augmentation_epoch_callback(transform)],
+    )
+    trainer.train()
+    return trainer
+
+
+def test_fst_tunes_from_a_stream_deterministically(parquet_dir, tmp_path):
+    one = _tune_from_stream(parquet_dir, tmp_path / "one", max_steps=6)
+    two = _tune_from_stream(parquet_dir, tmp_path / "two", max_steps=6)
+    assert one.state.global_step == 6
+    start = tiny_resnet(10).state_dict()
+    first, second = one.model.state_dict(), two.model.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not torch.equal(first["classifier.1.weight"], start["classifier.1.weight"])  # it did train
+    # FST's norm projection holds on the stream as on a map-style set.
+    assert torch.allclose(first["classifier.1.weight"].norm(), start["classifier.1.weight"].norm(), rtol=1e-5)
+    save_file({k: v.contiguous() for k, v in first.items()}, tmp_path / "w.safetensors")
+    with pytest.raises(ValueError, match="max_steps"):
+        _tune_from_stream(parquet_dir, tmp_path / "three", max_steps=None)
+
+
+def test_tuning_stream_selection(parquet_dir):
+    stream = load_dataset(str(parquet_dir), split="train", streaming=True)
+    picked, count = select_tuning_stream(stream, num_samples=24, seed=2)
+    labels = [r["label"] for r in picked]
+    assert count == len(labels) == 24
+    assert labels == [r["label"] for r in select_tuning_stream(stream, num_samples=24, seed=2)[0]]
+    assert labels != [r["label"] for r in select_tuning_stream(stream, num_samples=24, seed=3)[0]]
+    assert len(set(labels)) >= 5  # spread over the stream, not its first rows (the file is sorted by label)
+    by_ratio, counted = select_tuning_stream(stream, ratio=0.25, seed=2)
+    assert counted == sum(1 for _ in by_ratio) and 25 <= counted <= 75
+
+
+def _recipe(name: str = "purify"):
+    key = f"hf_fst_recipe_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, REPO / "recipes" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+def test_purify_recipe_streams_the_training_split(parquet_dir, tmp_path):
+    torch.manual_seed(0)
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=10)
+    ResNetForImageClassification(config).save_pretrained(tmp_path / "model")
+    args = [
+        "--dataset_name", str(parquet_dir), "--model_id", str(tmp_path / "model"), "--attack", "badnet",
+        "--streaming", "--num_tuning_samples", "24", "--per_device_train_batch_size", "8", "--seed", "0",
+        "--output_dir", str(tmp_path / "out"), "--report_to", "none", "--save_strategy", "no",
+        "--disable_tqdm", "true", "--dataloader_pin_memory", "false",
+    ]  # fmt: skip
+    purify = _recipe()
+    with pytest.raises(ConfigurationError, match=r"^--streaming: a stream has no length.*--max_steps"):
+        purify.prepare(args)
+    results = purify.main([*args, "--max_steps", "3"])
+    saved = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert saved["num_tuning_samples"] == 24 and saved == json.loads(json.dumps(results))
+    assert 0 <= saved["attack_success_rate"] <= 1 and saved["before_clean_accuracy"] is not None
+    assert "24 clean images" in (tmp_path / "out" / "README.md").read_text()
+    # The same seed again: the shuffled stream, the augmentation and so the weights repeat exactly.
+    again = [a if a != str(tmp_path / "out") else str(tmp_path / "again") for a in args]
+    purify.main([*again, "--max_steps", "3"])
+    first, second = (tmp_path / "out" / "model.safetensors"), (tmp_path / "again" / "model.safetensors")
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_train_backdoor_recipe_streams_and_poisons(parquet_dir, tmp_path):
+    torch.manual_seed(0)
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=10)
+    ResNetForImageClassification(config).save_pretrained(tmp_path / "model")
+    args = [
+        "--dataset_name", str(parquet_dir), "--model_id", str(tmp_path / "model"), "--attack", "badnet",
+        "--poison_rate", "0.1", "--streaming", "--max_steps", "3", "--per_device_train_batch_size", "8",
+        "--seed", "1", "--output_dir", str(tmp_path / "out"), "--report_to", "none", "--save_strategy", "no",
+        "--disable_tqdm", "true", "--dataloader_pin_memory", "false",
+    ]  # fmt: skip
+    results = _recipe("train_backdoor").main(args)
+    stream = load_dataset(str(parquet_dir), split="train", streaming=True)
+    flags = [r["is_poisoned"] for r in poison_iterable_dataset(stream, get_attack("badnet"), 0.1, seed=1)]
+    assert results["num_poisoned"] == sum(flags) > 0
+    saved = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert saved["num_poisoned"] == sum(flags) and (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_stream_api_is_exported(parquet_dir):
+    """`hf_fst.attacks` exports the streaming entry points; `poison_dataset` sends streams to them."""
+    from hf_fst import attacks
+
+    stream = load_dataset(str(parquet_dir), split="train", streaming=True)
+    assert attacks.poison_iterable_dataset is poison_iterable_dataset
+    flags = [r["is_poisoned"] for r in attacks.poison_iterable_dataset(stream, "badnet", 0.2, seed=4)]
+    assert attacks.count_poisoned(stream, "badnet", 0.2, seed=4) == sum(flags) > 0
+
+
+def test_poison_dataset_accepts_a_stream(parquet_dir):
+    from datasets import IterableDataset
+
+    from hf_fst import poison_dataset
+
+    stream = load_dataset(str(parquet_dir), split="train", streaming=True)
+    poisoned = poison_dataset(stream, "badnet", 0.2, seed=4)
+    assert isinstance(poisoned, IterableDataset)
+    direct = poison_iterable_dataset(stream, get_attack("badnet"), 0.2, seed=4)
+    assert [r["is_poisoned"] for r in poisoned] == [r["is_poisoned"] for r in direct]
