@@ -25,27 +25,17 @@ from datasets import load_dataset
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_fst import FSTConfig, FSTTrainer
+from hf_fst.grid import TensorImages
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 
 
-class InMemoryImages(torch.utils.data.Dataset):
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.images[index], "labels": self.labels[index]}
-
-
-def load_images(path: Path, num_images: int) -> InMemoryImages:
+def load_images(path: Path, num_images: int) -> TensorImages:
     rows = load_dataset(str(path), split=f"train[:{num_images}]")
     images = np.stack([np.asarray(img.convert("RGB"), dtype=np.float32) for img in rows["img"]])
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).div_(255.0).sub_(0.5).div_(0.5).contiguous()
-    return InMemoryImages(pixels, torch.tensor(rows["label"]))
+    return TensorImages(pixels, torch.tensor(rows["label"]))
 
 
 def timed(fn, *args) -> tuple[float, float]:
