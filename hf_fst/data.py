@@ -8,6 +8,7 @@ recipes are the main users; the Python API passes the same names (`arg_name=`) o
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import pickle
@@ -61,6 +62,11 @@ __all__ = [
     "select_tuning_stream",
     "set_label_mapping",
     "take",
+    "rank_line",
+    "save_run_outputs",
+    "stage_training_output",
+    "training_dataset",
+    "training_summary",
     "validate_target_label",
 ]
 
@@ -1039,3 +1045,69 @@ def set_label_mapping(config: Any, names: Sequence[str]) -> None:
     """Write `id2label`/`label2id` from the data set into a model config (so the checkpoint names its classes)."""
     config.id2label = {i: str(name) for i, name in enumerate(names)}
     config.label2id = {str(name): i for i, name in enumerate(names)}
+
+
+def stage_training_output(training_args: Any, *, overwrite: bool) -> tuple[Path, Path]:
+    """Point `training_args.output_dir` at `<output_dir>.partial`; return `(final_dir, staging_dir)`.
+
+    Checkpoints and outputs are written to the staging folder, which `commit_output` renames into place at
+    the end, so a crash never leaves a finished-looking `output_dir`.
+    """
+    output_dir = Path(training_args.output_dir)
+    with training_args.main_process_first(desc="staging folder"):
+        staging = prepare_staging(
+            output_dir,
+            overwrite=overwrite and training_args.process_index == 0,
+            resuming=bool(training_args.resume_from_checkpoint) or training_args.process_index != 0,
+        )
+    training_args.output_dir = str(staging)
+    return output_dir, staging
+
+
+def training_dataset(dataset: Any, transform: Any, data_args: Any, seed: int) -> Any:
+    """The Trainer's training set: a shuffled, mapped stream, or a map-style set with a lazy transform."""
+    if data_args.streaming:
+        shuffled = dataset.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
+        return shuffled.map(transform, batched=True, remove_columns=list(dataset.features))
+    return dataset.with_transform(transform)
+
+
+def rank_line(training_args: Any, results: dict, model: torch.nn.Module) -> str:
+    """One JSON line per process, so multi-process runs can be checked for agreement."""
+    checksum = float(sum(t.detach().double().sum() for t in model.state_dict().values()))
+    payload = {
+        "rank": training_args.process_index,
+        "world_size": training_args.world_size,
+        "results": results,
+        "param_sum": checksum,
+    }
+    return f"[hf-fst] {json.dumps(payload)}"
+
+
+def save_run_outputs(
+    trainer: Any, model: Any, processor: Any, names: Sequence[str], staging: Path, results: dict, test_split, image_col
+) -> None:
+    """Write model, image-processor config and `all_results.json` into the staging folder.
+
+    `save_model` runs on every rank (FSDP gathers the weights collectively; rank 0 writes); the rest is written
+    by the main process only.
+    """
+    set_label_mapping(model.config, names)
+    trainer.save_model(str(staging))
+    if trainer.is_world_process_zero():
+        if processor is None:
+            size = model_input_size(model.config) or native_image_size(test_split, image_col)
+            processor = default_image_processor(model.config, size)
+        processor.save_pretrained(str(staging))
+        (staging / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def training_summary(training_args: Any) -> dict[str, Any]:
+    """The training settings a model card reports."""
+    return {
+        "num_train_epochs": training_args.num_train_epochs,
+        "learning_rate": training_args.learning_rate,
+        "batch_size": training_args.per_device_train_batch_size * training_args.world_size,
+        "optim": str(getattr(training_args.optim, "value", training_args.optim)),
+        "lr_scheduler_type": str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)),
+    }

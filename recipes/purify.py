@@ -18,12 +18,10 @@ reads the training split as a stream. Exit status: 2 for bad input, 3 for a non-
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,7 +40,6 @@ from hf_fst.data import (
     check_output_dir,
     collate_image_batch,
     commit_output,
-    default_image_processor,
     get_split,
     label_names,
     load_classifier,
@@ -50,16 +47,17 @@ from hf_fst.data import (
     load_image_processor,
     match_attack_to_model,
     materialize_stream,
-    model_input_size,
-    native_image_size,
-    prepare_staging,
+    rank_line,
     recipe_parser,
     resolve_columns_or_raise,
     resolve_resume_checkpoint,
+    save_run_outputs,
     select_tuning_set,
     select_tuning_stream,
-    set_label_mapping,
+    stage_training_output,
     take,
+    training_dataset,
+    training_summary,
 )
 from hf_fst.hub import format_table, get_token_or_raise, push_to_hub, redacted_command, render_model_card
 from hf_fst.metrics import predict
@@ -96,14 +94,6 @@ def parse_args(argv: list[str] | None = None):
     if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         return parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
     return parser.parse_args_into_dataclasses(args=argv)
-
-
-def _rank_line(args: FSTConfig, results: dict, model: torch.nn.Module) -> str:
-    """One line per process so multi-process runs can be checked for agreement."""
-    checksum = float(sum(t.detach().double().sum() for t in model.state_dict().values()))
-    return json.dumps(
-        {"rank": args.process_index, "world_size": args.world_size, "results": results, "param_sum": checksum}
-    )
 
 
 @dataclass
@@ -261,24 +251,11 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info("before: %s", before)
 
     # ---- tune, writing checkpoints and outputs into <output_dir>.partial until everything is written
-    output_dir = Path(training_args.output_dir)
-    with training_args.main_process_first(desc="staging folder"):
-        staging = prepare_staging(
-            output_dir,
-            overwrite=model_args.overwrite_output_dir and training_args.process_index == 0,
-            resuming=bool(training_args.resume_from_checkpoint) or training_args.process_index != 0,
-        )
-    training_args.output_dir = str(staging)
+    output_dir, staging = stage_training_output(training_args, overwrite=model_args.overwrite_output_dir)
     trainer = FSTTrainer(
         model=model,
         args=training_args,
-        train_dataset=(
-            tuning_set.shuffle(seed=training_args.seed, buffer_size=data_args.shuffle_buffer_size).map(
-                train_transform, batched=True, remove_columns=list(tuning_set.features)
-            )
-            if data_args.streaming
-            else tuning_set.with_transform(train_transform)
-        ),
+        train_dataset=training_dataset(tuning_set, train_transform, data_args, training_args.seed),
         data_collator=collate_image_batch,
         callbacks=[augmentation_epoch_callback(train_transform)],
     )
@@ -300,17 +277,11 @@ def main(argv: list[str] | None = None) -> dict:
             "attack": None if attack is None else attack.to_dict(),
         }
     )
-    print(f"[hf-fst] {_rank_line(training_args, results, purified)}", flush=True)
+    print(rank_line(training_args, results, purified), flush=True)
 
     # ---- save into the staging folder: the weights collectively, everything else from the main process
-    set_label_mapping(purified.config, names)
-    trainer.save_model(str(staging))  # on every rank: FSDP gathers the weights collectively; rank 0 writes
+    save_run_outputs(trainer, purified, processor, names, staging, results, test_split, image_col)
     if trainer.is_world_process_zero():
-        if processor is None:
-            size = model_input_size(purified.config) or native_image_size(test_split, image_col)
-            processor = default_image_processor(purified.config, size)
-        processor.save_pretrained(str(staging))
-        (staging / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
         world = training_args.world_size
         repo_id = training_args.hub_model_id or output_dir.resolve().name
         card = render_model_card(
@@ -327,15 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
             fst_alpha=training_args.fst_alpha,
             tuning_set_size=run.num_tuning_samples,
             tuning_split_ratio=None if purify_args.num_tuning_samples else purify_args.tuning_split_ratio,
-            training={
-                "num_train_epochs": training_args.num_train_epochs,
-                "learning_rate": training_args.learning_rate,
-                "batch_size": training_args.per_device_train_batch_size * world,
-                "optim": str(getattr(training_args.optim, "value", training_args.optim)),
-                "lr_scheduler_type": str(
-                    getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
-                ),
-            },
+            training=training_summary(training_args),
             seed=training_args.seed,
             command=redacted_command(
                 argv if argv is None else ["recipes/purify.py", *argv],

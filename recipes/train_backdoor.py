@@ -17,7 +17,6 @@ reads the training split as a stream. Exit status: 2 for bad input, 3 for a non-
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -41,7 +40,6 @@ from hf_fst.data import (
     check_output_dir,
     collate_image_batch,
     commit_output,
-    default_image_processor,
     get_split,
     label_names,
     load_classifier,
@@ -50,15 +48,16 @@ from hf_fst.data import (
     load_image_processor,
     match_attack_to_model,
     materialize_stream,
-    model_input_size,
-    native_image_size,
-    prepare_staging,
+    rank_line,
     rate_or_raise,
     recipe_parser,
     resolve_columns_or_raise,
     resolve_resume_checkpoint,
-    set_label_mapping,
+    save_run_outputs,
+    stage_training_output,
     take,
+    training_dataset,
+    training_summary,
 )
 from hf_fst.hub import format_table, get_token_or_raise, push_to_hub, redacted_command, render_model_card
 
@@ -248,24 +247,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     eval_transform = build_transform(model, processor, image_col, label_col, train=False)
     # Checkpoints and outputs go to <output_dir>.partial; the finished folder appears in one rename at the end.
-    output_dir = Path(training_args.output_dir)
-    with training_args.main_process_first(desc="staging folder"):
-        staging = prepare_staging(
-            output_dir,
-            overwrite=model_args.overwrite_output_dir and training_args.process_index == 0,
-            resuming=bool(training_args.resume_from_checkpoint) or training_args.process_index != 0,
-        )
-    training_args.output_dir = str(staging)
+    output_dir, staging = stage_training_output(training_args, overwrite=model_args.overwrite_output_dir)
     trainer = FSTTrainer(
         model=model,
         args=training_args,
-        train_dataset=(
-            poisoned.shuffle(seed=training_args.seed, buffer_size=data_args.shuffle_buffer_size).map(
-                train_transform, batched=True, remove_columns=list(poisoned.features)
-            )
-            if data_args.streaming
-            else poisoned.with_transform(train_transform)
-        ),
+        train_dataset=training_dataset(poisoned, train_transform, data_args, training_args.seed),
         data_collator=collate_image_batch,
         callbacks=[augmentation_epoch_callback(train_transform)],
     )
@@ -288,17 +274,10 @@ def main(argv: list[str] | None = None) -> dict:
             "seed": training_args.seed,
         }
     )
-    checksum = float(sum(t.detach().double().sum() for t in trained.state_dict().values()))
-    print(f"[hf-fst] {json.dumps({'rank': training_args.process_index, 'results': results, 'param_sum': checksum})}")
+    print(rank_line(training_args, results, trained), flush=True)
 
-    set_label_mapping(trained.config, names)
-    trainer.save_model(str(staging))  # on every rank: FSDP gathers the weights collectively; rank 0 writes
+    save_run_outputs(trainer, trained, processor, names, staging, results, test_split, image_col)
     if trainer.is_world_process_zero():
-        if processor is None:
-            size = model_input_size(trained.config) or native_image_size(test_split, image_col)
-            processor = default_image_processor(trained.config, size)
-        processor.save_pretrained(str(staging))
-        (staging / "all_results.json").write_text(json.dumps(results, indent=2) + "\n")
         world = training_args.world_size
         repo_id = training_args.hub_model_id or output_dir.resolve().name
         card = render_model_card(
@@ -311,15 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
             train_split=data_args.train_split,
             attack=attack.to_dict(),
             poison_rate=attack_args.poison_rate,
-            training={
-                "num_train_epochs": training_args.num_train_epochs,
-                "learning_rate": training_args.learning_rate,
-                "batch_size": training_args.per_device_train_batch_size * world,
-                "optim": str(getattr(training_args.optim, "value", training_args.optim)),
-                "lr_scheduler_type": str(
-                    getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
-                ),
-            },
+            training=training_summary(training_args),
             seed=training_args.seed,
             command=redacted_command(
                 None if argv is None else ["recipes/train_backdoor.py", *argv],
