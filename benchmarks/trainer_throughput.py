@@ -124,7 +124,7 @@ def main() -> None:
     result = {
         "command": "python benchmarks/trainer_throughput.py "
         f"--num_images {args.num_images} --epochs {args.epochs} --repeats {args.repeats}",
-        "model": "HF ResNet hidden_sizes [32,64,128,256], depths [1,1,1,1] (1.2M params)",
+        "model": "HF ResNet hidden_sizes [32,64,128,256], depths [1,1,1,1] (0.13M params)",
         "images_per_run": images,
         "batch_size": args.batch_size,
         "hand_images_per_second": hand,

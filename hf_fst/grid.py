@@ -62,7 +62,10 @@ RECORD_KEY = (
     "tuning_learning_rate",
     "project_head_norm",
     "backdoor_epochs",
+    "backdoor_learning_rate",
     "num_train_images",
+    "backdoor_augment",
+    "tuning_augment",
 )
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
@@ -71,14 +74,20 @@ PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
 def build_model(name: str, num_labels: int, image_size: int, seed: int) -> PreTrainedModel:
     """Benchmark architectures, randomly initialised with `seed`.
 
-    - `resnet-s`: HF ResNet, hidden sizes 32-64-128-256, one block per stage (1.2M parameters); trains in
+    - `resnet-s`: HF ResNet, hidden sizes 32-64-128-256, one block per stage, bottleneck blocks (0.13M parameters); trains in
       minutes on two CPU cores.
+    - `resnet-m`: the same widths with basic blocks (1.2M parameters), about half as fast.
     - `resnet-18`: the ResNet-18 layout (basic blocks, 64-128-256-512, two per stage).
     - `vit-s`: 6 layers, width 192, patch 4.
+    - `vit-t`: 4 layers, width 128, patch 4; about 14x cheaper than `vit-s`, for CPU slices.
     """
     torch.manual_seed(seed)
     if name == "resnet-s":
         config = ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1])
+    elif name == "resnet-m":
+        config = ResNetConfig(
+            embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1], layer_type="basic"
+        )
     elif name == "resnet-18":
         config = ResNetConfig(
             embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic"
@@ -92,13 +101,28 @@ def build_model(name: str, num_labels: int, image_size: int, seed: int) -> PreTr
             num_attention_heads=3,
             intermediate_size=384,
         )
+    elif name == "vit-t":
+        config = ViTConfig(
+            image_size=image_size,
+            patch_size=4,
+            hidden_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=256,
+        )
     else:
-        raise ValueError(f"model={name!r} is not a benchmark model; use one of resnet-s, resnet-18, vit-s")
+        raise ValueError(f"model={name!r} is not a benchmark model; use one of {', '.join(MODELS)}")
     config.num_labels = num_labels
     config.id2label = {i: str(i) for i in range(num_labels)}
     config.label2id = {v: k for k, v in config.id2label.items()}
-    model_class = ViTForImageClassification if name == "vit-s" else ResNetForImageClassification
-    return model_class(config)
+    return model_class_for(name)(config)
+
+
+MODELS = ("resnet-s", "resnet-m", "resnet-18", "vit-s", "vit-t")
+
+
+def model_class_for(name: str) -> type[PreTrainedModel]:
+    return ViTForImageClassification if name.startswith("vit") else ResNetForImageClassification
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -203,6 +227,8 @@ class GridConfig:
     backdoor_epochs: int = 20
     backdoor_learning_rate: float = 0.05
     backdoor_batch_size: int = 128
+    backdoor_augment: bool = False
+    tuning_augment: bool = True
     tuning_ratio: float = 0.02
     num_tuning_samples: int | None = None
     tuning_epochs: int | None = None
@@ -213,6 +239,8 @@ class GridConfig:
     cache_dir: str = "benchmarks/cache"
 
     def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model: {self.model!r} is unknown; use one of {', '.join(MODELS)}")
         for name in self.datasets:
             if name not in DATASETS:
                 raise ValueError(f"datasets: {name!r} is unknown; use one of {', '.join(DATASETS)}")
@@ -288,7 +316,9 @@ class GridRunner:
         return epochs, alpha
 
     # -- models
-    def _train(self, model, images, labels, epochs, learning_rate, seed, output_dir, **overrides) -> PreTrainedModel:
+    def _train(
+        self, model, images, labels, epochs, learning_rate, seed, output_dir, augment, **overrides
+    ) -> PreTrainedModel:
         args = FSTConfig(
             output_dir=output_dir,
             tuning_mode=overrides.pop("tuning_mode", "ft"),
@@ -305,7 +335,10 @@ class GridRunner:
             **overrides,
         )
         trainer = FSTTrainer(
-            model=model, args=args, train_dataset=TensorImages(images, labels), data_collator=AugmentingCollator()
+            model=model,
+            args=args,
+            train_dataset=TensorImages(images, labels),
+            data_collator=AugmentingCollator(augment=augment),
         )
         trainer.train()
         return trainer.model.cpu().eval()
@@ -313,8 +346,7 @@ class GridRunner:
     def _cached(self, key: str, build) -> tuple[PreTrainedModel, dict[str, Any]]:
         folder = Path(self.config.cache_dir) / key
         if (folder / "info.json").is_file():
-            model_class = ViTForImageClassification if self.config.model == "vit-s" else ResNetForImageClassification
-            model = model_class.from_pretrained(folder, use_safetensors=True).eval()
+            model = model_class_for(self.config.model).from_pretrained(folder, use_safetensors=True).eval()
             return model, json.loads((folder / "info.json").read_text())
         model, info = build()
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -326,10 +358,16 @@ class GridRunner:
         staging.rename(folder)
         return model, info
 
+    def _training_tag(self, data: dict[str, Any]) -> str:
+        """What distinguishes one cached model's training from another's, for its folder name."""
+        config = self.config
+        tag = f"e{config.backdoor_epochs}-lr{config.backdoor_learning_rate:g}-n{len(data['train'])}"
+        return tag + ("-aug" if config.backdoor_augment else "")
+
     def clean_model(self, dataset_name: str, seed: int) -> PreTrainedModel:
         """A model trained on clean data (the LC attack needs one for its perturbation)."""
         data = self.load(dataset_name)
-        key = f"{dataset_name}-{self.config.model}-clean-s{seed}-e{self.config.backdoor_epochs}-n{len(data['train'])}"
+        key = f"{dataset_name}-{self.config.model}-clean-s{seed}-{self._training_tag(data)}"
 
         def build():
             model = build_model(self.config.model, data["num_labels"], data["train_images"].shape[-1], seed)
@@ -342,6 +380,7 @@ class GridRunner:
                 self.config.backdoor_learning_rate,
                 seed,
                 tempfile.mkdtemp(prefix="clean-"),
+                self.config.backdoor_augment,
                 weight_decay=5e-4,
             )
             return model, {"train_seconds": time.perf_counter() - start}
@@ -364,10 +403,7 @@ class GridRunner:
             backdoor_labels=np.asarray(backdoor_test[data["label_column"]]),
             backdoor_original_labels=np.asarray(backdoor_test["original_label"]),
         )
-        key = (
-            f"{dataset_name}-{self.config.model}-{attack_name}-r{rate:g}-s{seed}"
-            f"-e{self.config.backdoor_epochs}-n{len(data['train'])}"
-        )
+        key = f"{dataset_name}-{self.config.model}-{attack_name}-r{rate:g}-s{seed}-{self._training_tag(data)}"
 
         def build():
             poisoned = poison_dataset(data["train"], attack, rate, seed=seed)
@@ -383,6 +419,7 @@ class GridRunner:
                 self.config.backdoor_learning_rate,
                 seed,
                 tempfile.mkdtemp(prefix="backdoor-"),
+                self.config.backdoor_augment,
                 weight_decay=5e-4,
             )
             info = {
@@ -420,25 +457,9 @@ class GridRunner:
                 logger.info("skip %s %s %g seed %d: finished", dataset_name, attack_name, rate, seed)
                 continue
             model, evaluation, info = self.backdoored_model(dataset_name, attack_name, rate, seed)
-            data = self.load(dataset_name)
-            count = pending[0][1]["num_tuning_samples"]
-            tuning_index = torch.from_numpy(
-                np.sort(np.random.default_rng(seed).permutation(len(data["train"]))[:count])
-            )
             for mode, record in pending:
                 start = time.perf_counter()
-                tuned = self._train(
-                    model,
-                    data["train_images"][tuning_index],
-                    data["train_labels"][tuning_index],
-                    epochs,
-                    self.config.tuning_learning_rate,
-                    seed,
-                    tempfile.mkdtemp(prefix="tuning-"),
-                    tuning_mode=mode,
-                    fst_alpha=alpha,
-                    project_head_norm=self.config.project_head_norm,
-                )
+                tuned = self.tune(model, dataset_name, mode, seed, record["num_tuning_samples"], alpha)
                 record["tuning_seconds"] = round(time.perf_counter() - start, 3)
                 record.update({k: v for k, v in info.items() if k.startswith("before_")})
                 record.update(evaluation.evaluate(tuned))
@@ -451,6 +472,27 @@ class GridRunner:
                     record["attack_success_rate"], record["before_clean_accuracy"], record["before_attack_success_rate"],
                 )  # fmt: skip
         return written
+
+    def tune(
+        self, model: PreTrainedModel, dataset_name: str, mode: str, seed: int, count: int, alpha: float
+    ) -> PreTrainedModel:
+        """Tune a copy of `model` on `count` clean training images drawn with `seed` (the same draw for every mode)."""
+        data = self.load(dataset_name)
+        epochs, _ = self.settings(dataset_name)
+        index = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(data["train"]))[:count]))
+        return self._train(
+            model,
+            data["train_images"][index],
+            data["train_labels"][index],
+            epochs,
+            self.config.tuning_learning_rate,
+            seed,
+            tempfile.mkdtemp(prefix="tuning-"),
+            self.config.tuning_augment,
+            tuning_mode=mode,
+            fst_alpha=alpha,
+            project_head_norm=self.config.project_head_norm,
+        )
 
     def _describe(self, dataset_name, attack_name, rate, seed, mode, epochs, alpha, data_size) -> dict[str, Any]:
         data = self.load(dataset_name)
@@ -470,7 +512,10 @@ class GridRunner:
             "tuning_learning_rate": self.config.tuning_learning_rate,
             "project_head_norm": self.config.project_head_norm,
             "backdoor_epochs": self.config.backdoor_epochs,
+            "backdoor_learning_rate": self.config.backdoor_learning_rate,
             "num_train_images": data_size,
+            "backdoor_augment": self.config.backdoor_augment,
+            "tuning_augment": self.config.tuning_augment,
         }
 
 

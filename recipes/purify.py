@@ -18,12 +18,15 @@ reads the training split as a stream. Exit status: 2 for bad input, 3 for a non-
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import psutil
 import torch
 import transformers
 from transformers import set_seed
@@ -209,6 +212,16 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the recipe; returns the numbers written to `all_results.json`."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
+    # Wall time per phase, logged at the end; start-up runs from process creation (interpreter and imports).
+    timings = {"startup": time.time() - psutil.Process().create_time()}
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[phase] = timings.get(phase, 0.0) + now - clock
+        clock = now
+
     run = prepare(argv)
     data_args, model_args, purify_args, training_args = (
         run.data_args,
@@ -236,6 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     clean_eval = test_split.with_transform(eval_transform)
     backdoor_eval = None if backdoor_test is None else backdoor_test.with_transform(eval_transform)
+    lap("data_preparation")  # argument checks, data set and model loading, tuning-set draw, backdoor test set
 
     def measure(current: torch.nn.Module) -> dict:
         current.to(training_args.device)
@@ -249,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     before = measure(model)
     logger.info("before: %s", before)
+    lap("evaluation")
 
     # ---- tune, writing checkpoints and outputs into <output_dir>.partial until everything is written
     output_dir, staging = stage_training_output(training_args, overwrite=model_args.overwrite_output_dir)
@@ -262,8 +277,10 @@ def main(argv: list[str] | None = None) -> dict:
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     purified = trainer.accelerator.unwrap_model(trainer.model)
     purified.eval()
+    lap("tuning")
     after = measure(purified)
     logger.info("after: %s", after)
+    lap("evaluation")
 
     results = {key: after[key] for key in RESULT_KEYS}
     results.update({f"before_{key}": before[key] for key in RESULT_KEYS})
@@ -313,6 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
         if run.push:
             url = push_to_hub(output_dir, repo_id, token=run.hub_token, private=training_args.hub_private_repo)
             logger.info("pushed to %s", url)
+    lap("saving")
+    logger.info("wall seconds: %s", json.dumps({k: round(v, 2) for k, v in timings.items()}))
     return results
 
 

@@ -74,3 +74,14 @@ def test_augmenting_collator_crops_and_flips():
     matched = [next(k for k, window in candidates.items() if torch.equal(window, out)) for out in pixels.round()]
     assert len(set(matched)) > 10
     assert {flip for *_, flip in matched} == {False, True}
+
+
+def test_augmentation_can_be_switched_off():
+    image = torch.arange(3 * 8 * 8, dtype=torch.uint8).view(3, 8, 8)
+    batch = AugmentingCollator(augment=False)([{"pixel_values": image, "labels": 1}] * 4)
+    assert torch.equal(((batch["pixel_values"] * 0.5 + 0.5) * 255).round(), image.float().expand(4, 3, 8, 8))
+
+
+def test_unknown_model_is_refused():
+    with pytest.raises(ValueError, match="model: 'vit-xl' is unknown"):
+        GridConfig(model="vit-xl")

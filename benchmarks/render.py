@@ -1,0 +1,342 @@
+"""Render the grid section of BENCHMARKS.md, and its plots, from the raw records in benchmarks/results.jsonl.
+
+    python benchmarks/render.py
+
+Only the text between the `<!-- grid:begin -->` and `<!-- grid:end -->` markers is replaced, so the
+hand-written sections around it stay. Every number in that section is a mean over the seeds found in the
+records, with the sample standard deviation after the +-; nothing is typed in by hand.
+
+Which records go where:
+- the main tables: runs with the standard tuning settings of their data set (`MAIN_SETTINGS`, the paper's
+  alpha and epochs);
+- the alpha sweep: fst runs of one cell that differ only in `fst_alpha`;
+- the tuning-set-size sweep: runs that differ only in `num_tuning_samples`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from hf_fst.grid import DATASETS, read_records  # noqa: E402
+from hf_fst.tuning import TUNING_MODES  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- grid:begin -->", "<!-- grid:end -->"
+MODE_LABELS = {"ft": "FT", "lp": "LP", "ft-init": "FT-init", "fe-tuning": "FE-tuning", "fst": "FST"}
+ATTACK_LABELS = {
+    "badnet": "BadNet",
+    "blended": "Blended",
+    "sig": "SIG",
+    "wanet": "WaNet",
+    "lc": "LC",
+    "adaptive-blend": "Adaptive-Blend",
+}
+MODE_ORDER = [mode for mode in MODE_LABELS if mode in TUNING_MODES]
+DATASET_LABELS = {"cifar10": "CIFAR-10", "gtsrb": "GTSRB"}
+# The standard tuning run of the grid: 1,000 clean images (2% of CIFAR-10's 50k), lr 0.01, crop+flip.
+MAIN_SETTINGS = {"num_tuning_samples": 1000, "tuning_learning_rate": 0.01, "tuning_augment": True}
+# The claim under test: at rates <= 1%, FST leaves ASR <= 5% with C-Acc within 2 points of the backdoored model.
+CLAIM_MAX_RATE, CLAIM_MAX_ASR, CLAIM_MAX_DROP = 0.01, 0.05, 0.02
+
+Record = dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------------ selection
+def paper_alpha(record: Record) -> float:
+    return DATASETS[record["dataset"]]["fst_alpha"]
+
+
+def is_standard(record: Record) -> bool:
+    """Standard settings for its data set: the paper's epochs and, for fst, the paper's alpha."""
+    if any(record.get(key) != value for key, value in MAIN_SETTINGS.items()):
+        return False
+    if record["tuning_epochs"] != DATASETS[record["dataset"]]["tuning_epochs"]:
+        return False
+    return record["tuning_mode"] != "fst" or math.isclose(record["fst_alpha"], paper_alpha(record))
+
+
+def group(records: Iterable[Record], key: Callable[[Record], tuple]) -> dict[tuple, list[Record]]:
+    groups: dict[tuple, list[Record]] = defaultdict(list)
+    for record in records:
+        groups[key(record)].append(record)
+    return dict(groups)
+
+
+def stats(rows: list[Record], metric: str) -> tuple[float, float, int]:
+    values = np.array([row[metric] for row in rows], dtype=float) * 100
+    spread = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+    return float(values.mean()), spread, len(values)
+
+
+def cell(rows: list[Record], metric: str) -> str:
+    if not rows:
+        return "-"
+    mean, spread, _ = stats(rows, metric)
+    return f"{mean:.1f}" if math.isnan(spread) else f"{mean:.1f} ± {spread:.1f}"
+
+
+def unique_by_seed(rows: list[Record]) -> list[Record]:
+    """One row per seed (the backdoored model's before-metrics are repeated in every mode's record)."""
+    return list({row["seed"]: row for row in rows}.values())
+
+
+def rate_label(rate: float) -> str:
+    return f"{rate * 100:g}%"
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def setting_line(rows: list[Record]) -> str:
+    first = rows[0]
+    seeds = sorted({row["seed"] for row in rows})
+    train = first.get("num_train_images") or "all"
+    return (
+        f"Backdoor training: {first['model']}, {train} training images, {first['backdoor_epochs']} epochs, "
+        f"lr {first['backdoor_learning_rate']:g}, augmentation {'on' if first['backdoor_augment'] else 'off'}. "
+        f"Tuning: {first['num_tuning_samples']} clean images, {first['tuning_epochs']} epochs, "
+        f"lr {first['tuning_learning_rate']:g}, fst alpha {paper_alpha(first):g}. Seeds: {', '.join(map(str, seeds))}."
+    )
+
+
+def main_table(rows: list[Record], metric: str) -> list[str]:
+    """One row per (attack, rate): the backdoored model and every tuning mode, `metric` mean +- std."""
+    modes = [m for m in MODE_ORDER if any(r["tuning_mode"] == m for r in rows)]
+    before_metric = f"before_{metric}"
+    lines = [
+        "| attack | rate | seeds | backdoored | " + " | ".join(MODE_LABELS[m] for m in modes) + " |",
+        "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in modes) + " |",
+    ]
+    by_cell = group(rows, lambda r: (r["attack"], r["poison_rate"]))
+    for (attack, rate), cell_rows in sorted(by_cell.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+        by_mode = group(cell_rows, lambda r: (r["tuning_mode"],))
+        seeds = len({r["seed"] for r in cell_rows})
+        before = unique_by_seed(cell_rows)
+        values = [cell(by_mode.get((m,), []), metric) for m in modes]
+        before_cell = cell(before, before_metric) if before_metric in before[0] else "-"
+        lines.append(
+            f"| {ATTACK_LABELS.get(attack, attack)} | {rate_label(rate)} | {seeds} | {before_cell} | "
+            + " | ".join(values)
+            + " |"
+        )
+    return lines
+
+
+def claim_table(rows: list[Record]) -> tuple[list[str], list[str]]:
+    """Per cell at rate <= 1%: does FT/LP leave a high ASR, and does FST meet ASR <= 5% within 2 C-Acc points?"""
+    lines = [
+        "| attack | rate | FT ASR | LP ASR | FST ASR | FST C-Acc change (points) | FST ASR <= 5% | C-Acc within 2 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | :---: | :---: |",
+    ]
+    failures = []
+    low = [r for r in rows if r["poison_rate"] <= CLAIM_MAX_RATE + 1e-12]
+    cells = sorted(group(low, lambda r: (r["attack"], r["poison_rate"])).items(), key=lambda kv: (kv[0][0], -kv[0][1]))
+    for (attack, rate), cell_rows in cells:
+        by_mode = group(cell_rows, lambda r: (r["tuning_mode"],))
+        fst = by_mode.get(("fst",), [])
+        if not fst:
+            continue
+        asr, _, _ = stats(fst, "attack_success_rate")
+        drops = [(r["clean_accuracy"] - r["before_clean_accuracy"]) * 100 for r in fst]
+        drop, drop_std = float(np.mean(drops)), float(np.std(drops, ddof=1)) if len(drops) > 1 else float("nan")
+        asr_ok, acc_ok = asr <= CLAIM_MAX_ASR * 100, drop >= -CLAIM_MAX_DROP * 100
+        if not (asr_ok and acc_ok):
+            failures.append(f"{ATTACK_LABELS.get(attack, attack)} {rate_label(rate)}")
+        lines.append(
+            f"| {ATTACK_LABELS.get(attack, attack)} | {rate_label(rate)} | "
+            f"{cell(by_mode.get(('ft',), []), 'attack_success_rate')} | "
+            f"{cell(by_mode.get(('lp',), []), 'attack_success_rate')} | {cell(fst, 'attack_success_rate')} | "
+            f"{drop:+.1f}{'' if math.isnan(drop_std) else f' ± {drop_std:.1f}'} | "
+            f"{'yes' if asr_ok else 'no'} | {'yes' if acc_ok else 'no'} |"
+        )
+    return lines, failures
+
+
+# ------------------------------------------------------------------------------------------------- plots
+def plot_modes(rows: list[Record], path: Path, title: str) -> None:
+    """ASR and C-Acc per tuning mode (bars), one panel pair per poisoning rate, averaged over attacks."""
+    rates = sorted({r["poison_rate"] for r in rows}, reverse=True)
+    attacks = sorted({r["attack"] for r in rows})
+    modes = ["backdoored"] + [m for m in MODE_ORDER if any(r["tuning_mode"] == m for r in rows)]
+    fig, axes = plt.subplots(2, len(rates), figsize=(5.2 * len(rates), 6.4), squeeze=False, sharey="row")
+    width = 0.8 / len(attacks)
+    colors = plt.get_cmap("tab10")
+    for col, rate in enumerate(rates):
+        for row_index, (metric, label) in enumerate(
+            [("attack_success_rate", "ASR (%)"), ("clean_accuracy", "C-Acc (%)")]
+        ):
+            ax = axes[row_index][col]
+            for a_index, attack in enumerate(attacks):
+                cell_rows = [r for r in rows if r["attack"] == attack and r["poison_rate"] == rate]
+                means, spreads = [], []
+                for mode in modes:
+                    if mode == "backdoored":
+                        mode_rows, key = unique_by_seed(cell_rows), f"before_{metric}"
+                    else:
+                        mode_rows, key = [r for r in cell_rows if r["tuning_mode"] == mode], metric
+                    if mode_rows:
+                        mean, spread, _ = stats(mode_rows, key)
+                    else:
+                        mean, spread = float("nan"), float("nan")
+                    means.append(mean)
+                    spreads.append(0.0 if math.isnan(spread) else spread)
+                x = np.arange(len(modes)) + (a_index - (len(attacks) - 1) / 2) * width
+                ax.bar(x, means, width, yerr=spreads, capsize=2, color=colors(a_index),
+                       label=ATTACK_LABELS.get(attack, attack))  # fmt: skip
+            if metric == "attack_success_rate":
+                ax.axhline(CLAIM_MAX_ASR * 100, color="black", linestyle="--", linewidth=0.8)
+                ax.set_title(f"poisoning rate {rate_label(rate)}")
+            ax.set_xticks(np.arange(len(modes)), [MODE_LABELS.get(m, "backdoored") for m in modes], rotation=20)
+            ax.set_ylabel(label)
+            ax.set_ylim(0, 100)
+            ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="upper right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sweep(groups: dict[str, list[Record]], field: str, path: Path, title: str, log_x: bool) -> None:
+    """ASR and C-Acc (mean +- std over seeds) against `field`, one line per series in `groups`."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label, rows in groups.items():
+        by_value = group(rows, lambda r: (r[field],))
+        xs = sorted(v[0] for v in by_value)
+        for ax, metric in zip(axes, ("attack_success_rate", "clean_accuracy"), strict=True):
+            means = np.array([stats(by_value[(x,)], metric)[0] for x in xs])
+            spreads = np.array([np.nan_to_num(stats(by_value[(x,)], metric)[1]) for x in xs])
+            ax.errorbar(xs, means, yerr=spreads, marker="o", capsize=3, label=label)
+        before = unique_by_seed(rows)
+        axes[1].axhline(stats(before, "before_clean_accuracy")[0], color="gray", linestyle=":", linewidth=1)
+    axes[0].axhline(CLAIM_MAX_ASR * 100, color="black", linestyle="--", linewidth=0.8)
+    for ax, label in zip(axes, ("ASR (%)", "C-Acc (%)"), strict=True):
+        ax.set_xlabel(field)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if log_x:
+            ax.set_xscale("log")
+    axes[0].legend(fontsize=8)
+    axes[1].set_title("dotted: backdoored model", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sweep_table(groups: dict[str, list[Record]], field: str, field_label: str) -> list[str]:
+    lines = [
+        f"| series | {field_label} | seeds | C-Acc (%) | ASR (%) | RA (%) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, rows in groups.items():
+        for (value,), value_rows in sorted(group(rows, lambda r: (r[field],)).items()):
+            lines.append(
+                f"| {label} | {value:g} | {len(value_rows)} | {cell(value_rows, 'clean_accuracy')} | "
+                f"{cell(value_rows, 'attack_success_rate')} | {cell(value_rows, 'robust_accuracy')} |"
+            )
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ render
+def sweep_series(records: list[Record], varying: str) -> dict[tuple, dict[str, list[Record]]]:
+    """Sweeps over `varying`: per (data set, model, attack, rate) and mode, runs that differ only in `varying`."""
+    fixed = [k for k in ("tuning_epochs", "tuning_learning_rate", "tuning_augment", "backdoor_epochs",
+                         "num_train_images", "fst_alpha", "num_tuning_samples") if k != varying]  # fmt: skip
+    found: dict[tuple, dict[str, list[Record]]] = {}
+    cells = group(records, lambda r: (r["dataset"], r["model"], r["attack"], r["poison_rate"], r["tuning_mode"]))
+    for (dataset, model, attack, rate, mode), rows in cells.items():
+        for setting_rows in group(rows, lambda r: tuple(json.dumps(r.get(k)) for k in fixed)).values():
+            if len({r[varying] for r in setting_rows}) >= 4:
+                label = MODE_LABELS[mode] if varying != "fst_alpha" else "FST"
+                found.setdefault((dataset, model, attack, rate), {})[label] = setting_rows
+    return found
+
+
+def render(records: list[Record], plot_dir: Path, link_dir: str = "benchmarks/plots") -> str:
+    """The grid section of BENCHMARKS.md; plots go to `plot_dir` and are linked as `link_dir/<name>.png`."""
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    rel = link_dir
+    out = [
+        BEGIN,
+        "<!-- Rendered by `python benchmarks/render.py` from benchmarks/results.jsonl; edits here are overwritten. -->",
+        "",
+        f"{len(records)} tuning runs in `benchmarks/results.jsonl`. Every figure is mean ± sample standard "
+        "deviation over the seeds listed, in percent; C-Acc on the clean test split, ASR and RA on the "
+        "test images of other classes with the trigger applied.",
+        "",
+    ]
+    standard = [r for r in records if is_standard(r)]
+    all_failures: list[str] = []
+    for (dataset, model), rows in sorted(group(standard, lambda r: (r["dataset"], r["model"])).items()):
+        name = f"{DATASET_LABELS.get(dataset, dataset)}, {model}"
+        slug = f"{dataset}-{model}"
+        out += [f"### {name}: every tuning mode", "", setting_line(rows), ""]
+        out += ["ASR (%), lower is better:", "", *main_table(rows, "attack_success_rate"), ""]
+        out += ["C-Acc (%):", "", *main_table(rows, "clean_accuracy"), ""]
+        out += ["RA (%), higher is better:", "", *main_table(rows, "robust_accuracy"), ""]
+        plot_modes(rows, plot_dir / f"modes-{slug}.png", f"{name}: ASR and C-Acc per tuning mode")
+        out += [f"![ASR and C-Acc per mode, {name}]({rel}/modes-{slug}.png)", ""]
+        claim, failures = claim_table(rows)
+        if len(claim) > 2:
+            all_failures += [f"{name}: {f}" for f in failures]
+            out += [
+                f"The claim at rates of 1% and below, {name} (FST C-Acc change is after minus before, per seed):",
+                "",
+                *claim,
+                "",
+            ]
+    if all_failures:
+        out += ["Cells where the claim (FST ASR <= 5% and C-Acc within 2 points) does not hold at the paper's "
+                "settings: " + "; ".join(all_failures) + ".", ""]  # fmt: skip
+
+    for varying, title, label, log_x in (
+        ("fst_alpha", "alpha sweep", "fst_alpha", True),
+        ("num_tuning_samples", "tuning-set-size sweep", "tuning images", True),
+    ):
+        for (dataset, model, attack, rate), series in sorted(sweep_series(records, varying).items()):
+            name = f"{DATASET_LABELS.get(dataset, dataset)}, {model}, {ATTACK_LABELS.get(attack, attack)} {rate_label(rate)}"
+            slug = f"{varying}-{dataset}-{model}-{attack}-{rate:g}"
+            out += [f"### {title[0].upper() + title[1:]}: {name}", ""]
+            out += [setting_line(next(iter(series.values()))), ""]
+            plot_sweep(series, varying, plot_dir / f"{slug}.png", f"{title}: {name}", log_x)
+            out += [f"![{title}, {name}]({rel}/{slug}.png)", "", *sweep_table(series, varying, label), ""]
+    out.append(END)
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results_file", default=str(ROOT / "benchmarks" / "results.jsonl"))
+    parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--plot_dir", default=str(ROOT / "benchmarks" / "plots"))
+    args = parser.parse_args()
+    records = read_records(args.results_file)
+    if not records:
+        raise SystemExit(f"error: --results_file {args.results_file} has no records; run recipes/benchmark.py first")
+    markdown = Path(args.markdown)
+    plot_dir = Path(args.plot_dir).resolve()
+    section = render(records, plot_dir, os.path.relpath(plot_dir, markdown.resolve().parent))
+    text = markdown.read_text()
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n## Backdoor removal grid\n\n" + section + "\n"
+    markdown.write_text(text)
+    print(f"rendered {len(records)} records into {markdown}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The BENCHMARKS.md renderer: numbers come from the records, the claim verdicts follow the thresholds."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    """A benchmark script as a module (registered first, so that its dataclasses resolve)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def render():
+    return load_script("render")
+
+
+def record(mode, seed, acc, asr, *, rate=0.01, alpha=None, count=1000, before=(0.70, 0.90)):
+    return {
+        "dataset": "cifar10", "model": "resnet-s", "attack": "badnet", "poison_rate": rate, "seed": seed,
+        "tuning_mode": mode, "fst_alpha": alpha if alpha is not None else (0.2 if mode == "fst" else None),
+        "num_tuning_samples": count, "tuning_epochs": 10, "tuning_learning_rate": 0.01, "tuning_augment": True,
+        "project_head_norm": None, "backdoor_epochs": 8, "backdoor_learning_rate": 0.05, "num_train_images": None,
+        "backdoor_augment": False, "before_clean_accuracy": before[0], "before_attack_success_rate": before[1],
+        "before_robust_accuracy": 0.05,
+        "clean_accuracy": acc, "attack_success_rate": asr, "robust_accuracy": 1 - asr, "tuning_seconds": 1.0,
+    }  # fmt: skip
+
+
+def test_tables_and_claim_come_from_records(render, tmp_path):
+    records = [
+        record("ft", 0, 0.69, 0.80), record("ft", 1, 0.71, 0.60),
+        record("fst", 0, 0.69, 0.02), record("fst", 1, 0.70, 0.04),  # holds: ASR 3%, C-Acc -0.5 points
+        record("ft", 0, 0.69, 0.80, rate=0.005), record("fst", 0, 0.60, 0.01, rate=0.005),  # C-Acc -10: fails
+    ]  # fmt: skip
+    text = render.render(records, tmp_path / "plots")
+    assert text.startswith(render.BEGIN) and text.endswith(render.END)
+    assert "| BadNet | 1% | 2 | 90.0 ± 0.0 | 70.0 ± 14.1 | 3.0 ± 1.4 |" in text  # ASR: backdoored, FT, FST
+    assert "| BadNet | 1% | 2 | 70.0 ± 0.0 | 70.0 ± 1.4 | 69.5 ± 0.7 |" in text  # C-Acc
+    assert "| BadNet | 0.5% | 1 | 5.0 | 20.0 | 99.0 |" in text  # RA
+    assert "| BadNet | 1% | 70.0 ± 14.1 | - | 3.0 ± 1.4 | -0.5 ± 0.7 | yes | yes |" in text
+    assert "| BadNet | 0.5% | 80.0 | - | 1.0 | -10.0 | yes | no |" in text
+    assert "does not hold" in text and "BadNet 0.5%" in text.split("does not hold")[1]
+    assert (tmp_path / "plots" / "modes-cifar10-resnet-s.png").stat().st_size > 10_000
+
+
+def test_sweeps_need_four_values_and_render_tables(render, tmp_path):
+    alphas = [0.01, 0.05, 0.1, 0.2]
+    records = [record("fst", s, 0.7 - a, 0.5 - a, alpha=a) for a in alphas for s in (0, 1)]
+    text = render.render(records, tmp_path / "plots")
+    assert "Alpha sweep" in text and "| FST | 0.05 | 2 | 65.0 ± 0.0 | 45.0 ± 0.0 |" in text
+    assert "Tuning-set-size sweep" not in text  # one size only
+    assert (tmp_path / "plots" / "fst_alpha-cifar10-resnet-s-badnet-0.01.png").is_file()
+    # Three values are not a sweep.
+    assert "Alpha sweep" not in render.render(records[:6], tmp_path / "plots")
+
+
+def test_feature_shift_numbers():
+    module = load_script("feature_shift")
+    rng = np.random.default_rng(0)
+    centres = np.eye(3) * 10
+    labels = np.repeat([0, 1, 2], 50)
+    clean = centres[labels] + rng.normal(size=(150, 3))
+    # Triggered features sitting on the target class (backdoored) against features next to their own classes.
+    on_target = module.shift_numbers(clean, labels, centres[[2] * 40] + rng.normal(size=(40, 3)), target=2)
+    assert on_target["poisoned_nearest_target"] == 1.0 and on_target["poisoned_to_target"] > 0.99
+    shifted = module.shift_numbers(clean, labels, centres[[0, 1] * 20] + rng.normal(size=(40, 3)), target=2)
+    assert shifted["poisoned_nearest_target"] == 0.0 and shifted["poisoned_to_target"] < 0.2
