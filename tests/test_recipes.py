@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -102,9 +103,10 @@ def test_train_backdoor_outputs(backdoored):
     }
 
 
-def test_purify_reports_before_and_after(backdoored, cifar_small, tmp_path):
+def test_purify_reports_before_and_after(backdoored, cifar_small, tmp_path, caplog):
     weights = sha(backdoored / "model.safetensors")
     out = tmp_path / "purified"
+    caplog.set_level(logging.INFO, logger="hf_fst.purify")
     results = load_recipe("purify").main(
         [
             "--dataset_name", str(cifar_small), "--model_id", str(backdoored), "--attack", "badnet",
@@ -128,6 +130,11 @@ def test_purify_reports_before_and_after(backdoored, cifar_small, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"]["1"] == "automobile"
     assert json.loads((out / "preprocessor_config.json").read_text())["size"] == {"height": 32, "width": 32}
+    # The per-phase wall time is logged once, with every phase measured.
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("wall seconds: ")]
+    phases = json.loads(line.removeprefix("wall seconds: "))
+    assert set(phases) == {"startup", "data_preparation", "evaluation", "tuning", "saving"}
+    assert all(seconds > 0 for seconds in phases.values())
 
 
 def bad(cifar_small: Path, model: Path, out: Path, **flags: str) -> list[str]:
