@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
     results.update(
         {
             "tuning_mode": training_args.tuning_mode,
-            "fst_alpha": training_args.fst_alpha,
+            "fst_alpha": training_args.fst_alpha if training_args.tuning_mode == "fst" else None,
             "num_tuning_samples": run.num_tuning_samples,
             "train_loss": train_result.training_loss,
             "seed": training_args.seed,

@@ -268,6 +268,7 @@ def test_accelerate_one_process_with_push_to_hub(backdoored, cifar_small, tmp_pa
         files
     )
     assert files["model.safetensors"] == (out / "model.safetensors").read_bytes()
+    assert json.loads(files["all_results.json"])["fst_alpha"] is None  # ft has no alpha
     assert "lab/tiny-purified" in files["README.md"].decode()
     assert "--hub_token '<redacted>'" in files["README.md"].decode()
     lines = _rank_lines(done.stdout)
