@@ -51,6 +51,9 @@ DATASET_LABELS = {"cifar10": "CIFAR-10", "gtsrb": "GTSRB"}
 MAIN_SETTINGS = {"num_tuning_samples": 1000, "tuning_learning_rate": 0.01, "tuning_augment": True}
 # The claim under test: at rates <= 1%, FST leaves ASR <= 5% with C-Acc within 2 points of the backdoored model.
 CLAIM_MAX_RATE, CLAIM_MAX_ASR, CLAIM_MAX_DROP = 0.01, 0.05, 0.02
+# Below this mean ASR the backdoored model has (almost) no backdoor: a ~70%-accurate clean model already sends
+# about 5% of triggered images to the target class by mistake, so such cells cannot test the claim.
+IMPLANTED_MIN_ASR = 0.2
 
 Record = dict[str, Any]
 
@@ -137,8 +140,9 @@ def main_table(rows: list[Record], metric: str) -> list[str]:
 def claim_table(rows: list[Record]) -> tuple[list[str], list[str]]:
     """Per cell at rate <= 1%: does FT/LP leave a high ASR, and does FST meet ASR <= 5% within 2 C-Acc points?"""
     lines = [
-        "| attack | rate | FT ASR | LP ASR | FST ASR | FST C-Acc change (points) | FST ASR <= 5% | C-Acc within 2 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | :---: | :---: |",
+        "| attack | rate | backdoored ASR | FT ASR | LP ASR | FST ASR | FST C-Acc change (points) | FST ASR <= 5% "
+        "| C-Acc within 2 | verdict |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: | :---: | --- |",
     ]
     failures = []
     low = [r for r in rows if r["poison_rate"] <= CLAIM_MAX_RATE + 1e-12]
@@ -152,14 +156,20 @@ def claim_table(rows: list[Record]) -> tuple[list[str], list[str]]:
         drops = [(r["clean_accuracy"] - r["before_clean_accuracy"]) * 100 for r in fst]
         drop, drop_std = float(np.mean(drops)), float(np.std(drops, ddof=1)) if len(drops) > 1 else float("nan")
         asr_ok, acc_ok = asr <= CLAIM_MAX_ASR * 100, drop >= -CLAIM_MAX_DROP * 100
-        if not (asr_ok and acc_ok):
-            failures.append(f"{ATTACK_LABELS.get(attack, attack)} {rate_label(rate)}")
+        before_asr = stats(unique_by_seed(cell_rows), "before_attack_success_rate")[0]
+        if before_asr < IMPLANTED_MIN_ASR * 100:
+            verdict = "no backdoor to remove"
+        else:
+            verdict = "holds" if asr_ok and acc_ok else "does not hold"
+            if verdict != "holds":
+                failures.append(f"{ATTACK_LABELS.get(attack, attack)} {rate_label(rate)}")
         lines.append(
             f"| {ATTACK_LABELS.get(attack, attack)} | {rate_label(rate)} | "
+            f"{cell(unique_by_seed(cell_rows), 'before_attack_success_rate')} | "
             f"{cell(by_mode.get(('ft',), []), 'attack_success_rate')} | "
             f"{cell(by_mode.get(('lp',), []), 'attack_success_rate')} | {cell(fst, 'attack_success_rate')} | "
             f"{drop:+.1f}{'' if math.isnan(drop_std) else f' ± {drop_std:.1f}'} | "
-            f"{'yes' if asr_ok else 'no'} | {'yes' if acc_ok else 'no'} |"
+            f"{'yes' if asr_ok else 'no'} | {'yes' if acc_ok else 'no'} | {verdict} |"
         )
     return lines, failures
 
@@ -291,7 +301,8 @@ def render(records: list[Record], plot_dir: Path, link_dir: str = "benchmarks/pl
         out += [f"![ASR and C-Acc per mode, {name}]({rel}/modes-{slug}.png)", ""]
         claim, failures = claim_table(rows)
         if len(claim) > 2:
-            all_failures += [f"{name}: {f}" for f in failures]
+            if failures:
+                all_failures.append(f"{name}: {', '.join(failures)}")
             out += [
                 f"The claim at rates of 1% and below, {name} (FST C-Acc change is after minus before, per seed):",
                 "",

@@ -49,10 +49,15 @@ def test_tables_and_claim_come_from_records(render, tmp_path):
     assert "| BadNet | 1% | 2 | 90.0 ± 0.0 | 70.0 ± 14.1 | 3.0 ± 1.4 |" in text  # ASR: backdoored, FT, FST
     assert "| BadNet | 1% | 2 | 70.0 ± 0.0 | 70.0 ± 1.4 | 69.5 ± 0.7 |" in text  # C-Acc
     assert "| BadNet | 0.5% | 1 | 5.0 | 20.0 | 99.0 |" in text  # RA
-    assert "| BadNet | 1% | 70.0 ± 14.1 | - | 3.0 ± 1.4 | -0.5 ± 0.7 | yes | yes |" in text
-    assert "| BadNet | 0.5% | 80.0 | - | 1.0 | -10.0 | yes | no |" in text
-    assert "does not hold" in text and "BadNet 0.5%" in text.split("does not hold")[1]
+    assert "| BadNet | 1% | 90.0 ± 0.0 | 70.0 ± 14.1 | - | 3.0 ± 1.4 | -0.5 ± 0.7 | yes | yes | holds |" in text
+    assert "| BadNet | 0.5% | 90.0 | 80.0 | - | 1.0 | -10.0 | yes | no | does not hold |" in text
+    failures = text.split("Cells where the claim")[1]
+    assert "BadNet 0.5%" in failures and "BadNet 1%" not in failures
     assert (tmp_path / "plots" / "modes-cifar10-resnet-s.png").stat().st_size > 10_000
+    # A cell whose backdoored model has ASR under 20% has nothing to remove: not counted as a failure.
+    weak = [record("fst", 0, 0.5, 0.04, before=(0.7, 0.1))]
+    text = render.render(weak, tmp_path / "plots")
+    assert "| no backdoor to remove |" in text and "does not hold" not in text
 
 
 def test_sweeps_need_four_values_and_render_tables(render, tmp_path):
