@@ -8,11 +8,13 @@ It reuses the grid's cached backdoored model (the same settings as recipes/bench
 trained only if that cell was never run) and writes `benchmarks/plots/feature-shift-<cell>.png` and
 `benchmarks/results/feature_shift/<cell>.json`.
 
-Besides the picture, two numbers per model, computed in the full feature space (not the projection):
-- `poisoned_to_target`: cosine similarity between the mean feature of triggered images and the mean
-  feature of clean target-class images. A backdoored model maps triggered images into the target class's
-  region; after a successful purification they leave it.
+Besides the picture, numbers per model, computed in the full feature space (not the projection):
+- `shift_clean`, `shift_triggered`: mean cosine distance (1 - cosine similarity) between this model's
+  features of an image and the backdoored model's features of the same image: how far tuning moved the
+  features, on clean and on triggered images.
 - `poisoned_nearest_target`: share of triggered images whose nearest clean class centroid is the target.
+- `triggered_vs_clean_separability`: 5-fold cross-validated accuracy of a logistic regression that tells
+  triggered from clean images by their features (0.5 = indistinguishable).
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
+from sklearn.model_selection import cross_val_score  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from hf_fst.grid import GridConfig, GridRunner, normalize  # noqa: E402
@@ -61,14 +66,23 @@ def penultimate_features(model: torch.nn.Module, images: torch.Tensor, batch_siz
 
 
 def shift_numbers(clean: np.ndarray, clean_labels: np.ndarray, poisoned: np.ndarray, target: int) -> dict:
-    centroids = np.stack([clean[clean_labels == c].mean(0) for c in np.unique(clean_labels)])
+    """Where triggered features sit relative to the clean class centroids, and how separable they are."""
     classes = np.unique(clean_labels)
-    target_mean = centroids[list(classes).index(target)]
-    poisoned_mean = poisoned.mean(0)
-    cosine = float(poisoned_mean @ target_mean / (np.linalg.norm(poisoned_mean) * np.linalg.norm(target_mean)))
+    centroids = np.stack([clean[clean_labels == c].mean(0) for c in classes])
     distances = ((poisoned[:, None, :] - centroids[None]) ** 2).sum(-1)
     nearest = classes[distances.argmin(1)]
-    return {"poisoned_to_target": cosine, "poisoned_nearest_target": float(np.mean(nearest == target))}
+    features = StandardScaler().fit_transform(np.concatenate([clean, poisoned]))
+    is_triggered = np.r_[np.zeros(len(clean)), np.ones(len(poisoned))]
+    probe = LogisticRegression(max_iter=2000)
+    separability = cross_val_score(probe, features, is_triggered, cv=5).mean()
+    return {"poisoned_nearest_target": float(np.mean(nearest == target)),
+            "triggered_vs_clean_separability": float(separability)}  # fmt: skip
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over rows of 1 - cos(a_i, b_i)."""
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    return float(np.mean(1 - cos))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,11 +112,18 @@ def main(argv: list[str] | None = None) -> None:
               "fe-tuning": "after FE-tuning", "fst": f"after FST (alpha {alpha:g})"}  # fmt: skip
     fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 4.4))
     summary = {}
+    reference = None
     for ax, (name, current) in zip(axes, models.items(), strict=True):
         clean = penultimate_features(current, clean_images)
         poisoned = penultimate_features(current, poisoned_images)
+        reference = reference or (clean, poisoned)
         metrics = evaluation.evaluate(current)
-        summary[name] = {**shift_numbers(clean, clean_labels, poisoned, target), **metrics}
+        summary[name] = {
+            **shift_numbers(clean, clean_labels, poisoned, target),
+            "shift_clean": cosine_distance(clean, reference[0]),
+            "shift_triggered": cosine_distance(poisoned, reference[1]),
+            **metrics,
+        }
         points = TSNE(n_components=2, init="pca", random_state=0, perplexity=30).fit_transform(
             np.concatenate([clean, poisoned])
         )
@@ -113,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         s = summary[name]
         ax.set_title(
             f"{labels[name]}\nASR {metrics['attack_success_rate'] * 100:.1f}%  C-Acc "
-            f"{metrics['clean_accuracy'] * 100:.1f}%\ncos(triggered, target) {s['poisoned_to_target']:.2f}",
+            f"{metrics['clean_accuracy'] * 100:.1f}%\nfeature shift vs backdoored: clean {s['shift_clean']:.2f}, "
+            f"triggered {s['shift_triggered']:.2f}",
             fontsize=9,
         )
         ax.set_xticks([])

@@ -79,6 +79,13 @@ def test_feature_shift_numbers():
     clean = centres[labels] + rng.normal(size=(150, 3))
     # Triggered features sitting on the target class (backdoored) against features next to their own classes.
     on_target = module.shift_numbers(clean, labels, centres[[2] * 40] + rng.normal(size=(40, 3)), target=2)
-    assert on_target["poisoned_nearest_target"] == 1.0 and on_target["poisoned_to_target"] > 0.99
+    assert on_target["poisoned_nearest_target"] == 1.0
     shifted = module.shift_numbers(clean, labels, centres[[0, 1] * 20] + rng.normal(size=(40, 3)), target=2)
-    assert shifted["poisoned_nearest_target"] == 0.0 and shifted["poisoned_to_target"] < 0.2
+    assert shifted["poisoned_nearest_target"] == 0.0
+    # Triggered features far from every clean one are separable; drawn like clean ones they are not.
+    far = module.shift_numbers(clean, labels, rng.normal(size=(40, 3)) + 30, target=2)
+    assert far["triggered_vs_clean_separability"] > 0.95
+    alike = module.shift_numbers(clean, labels, centres[rng.integers(0, 3, 150)] + rng.normal(size=(150, 3)), 2)
+    assert alike["triggered_vs_clean_separability"] < 0.65
+    assert module.cosine_distance(clean, clean) == pytest.approx(0.0, abs=1e-9)
+    assert module.cosine_distance(clean, -clean) == pytest.approx(2.0)
