@@ -102,15 +102,19 @@ def rate_label(rate: float) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ tables
-def setting_line(rows: list[Record]) -> str:
+def setting_line(rows: list[Record], varying: str | None = None) -> str:
+    """The settings shared by `rows`; `varying` (a sweep's field) is left out."""
     first = rows[0]
     seeds = sorted({row["seed"] for row in rows})
     train = first.get("num_train_images") or "all"
     return (
         f"Backdoor training: {first['model']}, {train} training images, {first['backdoor_epochs']} epochs, "
         f"lr {first['backdoor_learning_rate']:g}, augmentation {'on' if first['backdoor_augment'] else 'off'}. "
-        f"Tuning: {first['num_tuning_samples']} clean images, {first['tuning_epochs']} epochs, "
-        f"lr {first['tuning_learning_rate']:g}, fst alpha {paper_alpha(first):g}. Seeds: {', '.join(map(str, seeds))}."
+        "Tuning: "
+        + ("" if varying == "num_tuning_samples" else f"{first['num_tuning_samples']} clean images, ")
+        + f"{first['tuning_epochs']} epochs, lr {first['tuning_learning_rate']:g}"
+        + ("" if varying == "fst_alpha" else f", fst alpha {paper_alpha(first):g}")
+        + f". Seeds: {', '.join(map(str, seeds))}."
     )
 
 
@@ -321,7 +325,7 @@ def render(records: list[Record], plot_dir: Path, link_dir: str = "benchmarks/pl
             name = f"{DATASET_LABELS.get(dataset, dataset)}, {model}, {ATTACK_LABELS.get(attack, attack)} {rate_label(rate)}"
             slug = f"{varying}-{dataset}-{model}-{attack}-{rate:g}"
             out += [f"### {title[0].upper() + title[1:]}: {name}", ""]
-            out += [setting_line(next(iter(series.values()))), ""]
+            out += [setting_line([r for rows in series.values() for r in rows], varying), ""]
             plot_sweep(series, varying, plot_dir / f"{slug}.png", f"{title}: {name}", log_x)
             out += [f"![{title}, {name}]({rel}/{slug}.png)", "", *sweep_table(series, varying, label), ""]
     out.append(END)
