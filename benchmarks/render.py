@@ -230,8 +230,8 @@ def plot_sweep(groups: dict[str, list[Record]], field: str, path: Path, title: s
         by_value = group(rows, lambda r: (r[field],))
         xs = sorted(v[0] for v in by_value)
         for ax, metric in zip(axes, ("attack_success_rate", "clean_accuracy"), strict=True):
-            means = np.array([stats(by_value[(x,)], metric)[0] for x in xs])
-            spreads = np.array([np.nan_to_num(stats(by_value[(x,)], metric)[1]) for x in xs])
+            means, spreads, _ = np.array([stats(by_value[(x,)], metric) for x in xs]).T
+            spreads = np.nan_to_num(spreads)
             ax.errorbar(xs, means, yerr=spreads, marker="o", capsize=3, label=label)
         before = unique_by_seed(rows)
         axes[1].axhline(stats(before, "before_clean_accuracy")[0], color="gray", linestyle=":", linewidth=1)
