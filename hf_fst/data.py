@@ -820,6 +820,8 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"--{name}={value} must be a positive number of rows; drop it to use every row")
+        if self.crop_padding is not None and self.crop_padding < 0:
+            raise ValueError(f"--crop_padding={self.crop_padding} must be >= 0 pixels; drop it for 1/8 of the side")
         if self.shuffle_buffer_size < 1:
             raise ValueError(
                 f"--shuffle_buffer_size={self.shuffle_buffer_size} must be at least 1 (1 keeps the stream's order)"

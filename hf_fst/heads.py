@@ -30,11 +30,34 @@ def _num_labels(model: nn.Module) -> int | None:
 
 
 def _backbone_prefix(model: nn.Module) -> str | None:
-    """Dotted name of the backbone in a transformers model (`resnet`, `vit`, ...), if any."""
+    """Dotted name of the backbone in a transformers model (`resnet`, `vit`, ...), if any.
+
+    Found by identity rather than taken from `base_model_prefix`, because a PEFT wrapper forwards that attribute
+    from the model it wraps while the module names gain a `base_model.model.` prefix.
+    """
     prefix = getattr(model, "base_model_prefix", None)
-    if prefix and isinstance(getattr(model, prefix, None), nn.Module):
-        return prefix
-    return None
+    backbone = getattr(model, prefix, None) if prefix else None
+    if not isinstance(backbone, nn.Module):
+        return None
+    return next((name for name, module in model.named_modules() if module is backbone and name), None)
+
+
+def _inactive_copies(model: nn.Module) -> list[str]:
+    """Dotted names of head copies that never see a gradient inside PEFT `modules_to_save` wrappers.
+
+    PEFT keeps the frozen `original_module` next to one trainable copy per adapter; only the active adapter's copy
+    is the head that trains.
+    """
+    skipped = []
+    for name, module in model.named_modules():
+        copies = getattr(module, "modules_to_save", None)
+        if not isinstance(copies, nn.ModuleDict) or not hasattr(module, "original_module"):
+            continue
+        active = getattr(module, "active_adapters", None) or [getattr(module, "active_adapter", None)]
+        prefix = f"{name}." if name else ""
+        skipped.append(f"{prefix}original_module")
+        skipped.extend(f"{prefix}modules_to_save.{key}" for key in copies if key not in active)
+    return skipped
 
 
 def _resolve_named_head(model: nn.Module, head_name: str) -> tuple[str, nn.Linear]:
@@ -61,7 +84,8 @@ def find_linear_head(model: nn.Module, head_name: str | None = None) -> tuple[st
 
     With `head_name` the named module is used (a container holding exactly one `nn.Linear`, such
     as ResNet's `Sequential(Flatten, Linear)`, resolves to that layer). Without it the head is the
-    unique `nn.Linear` outside the backbone whose `out_features` equals `config.num_labels`.
+    unique `nn.Linear` outside the backbone whose `out_features` equals `config.num_labels`. In a PEFT
+    model whose head is listed in `modules_to_save`, that is the active adapter's trainable copy.
 
     Raises:
         ValueError: no such layer, or more than one (e.g. DeiT with a distillation head); the
@@ -70,11 +94,14 @@ def find_linear_head(model: nn.Module, head_name: str | None = None) -> tuple[st
     if head_name:
         return _resolve_named_head(model, head_name)
 
+    excluded = _inactive_copies(model)
     backbone = _backbone_prefix(model)
+    if backbone:
+        excluded.append(backbone)
     candidates = [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not (backbone and (name == backbone or name.startswith(backbone + ".")))
+        if isinstance(module, nn.Linear) and not any(name == e or name.startswith(e + ".") for e in excluded)
     ]
     num_labels = _num_labels(model)
     if num_labels is not None:
@@ -111,7 +138,16 @@ def reinitialize_linear_(layer: nn.Linear, generator: torch.Generator | None = N
 
 @torch.no_grad()
 def project_weight_norm_(weight: torch.Tensor, target_norm: torch.Tensor | float) -> None:
-    """Rescale `weight` in place so that its Frobenius norm equals `target_norm`."""
-    norm = weight.norm()
-    if norm > 0:
-        weight.mul_(torch.as_tensor(target_norm, dtype=weight.dtype, device=weight.device) / norm)
+    """Rescale `weight` in place so that its Frobenius norm equals `target_norm`.
+
+    The norm and the scale are computed in float32 whatever the weight's dtype: in bfloat16 the norm of a large
+    head is off by up to ~0.4%, which would drift the head off the ||W0|| sphere step after step.
+    """
+    norm = weight.float().norm()
+    target = torch.as_tensor(target_norm, dtype=torch.float32, device=weight.device)
+    # A zero weight is left alone; torch.where instead of `if` keeps this free of a host-device sync.
+    scale = torch.where(norm > 0, target / norm.clamp_min(torch.finfo(torch.float32).tiny), torch.ones_like(norm))
+    if weight.dtype == torch.float32:
+        weight.mul_(scale)
+    else:
+        weight.copy_((weight.float() * scale).to(weight.dtype))

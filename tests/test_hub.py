@@ -200,3 +200,47 @@ def test_push_then_load_by_hub_id_offline(tmp_path):
     assert loaded["weight_sum"] == pytest.approx(float(model.classifier[1].weight.detach().sum()))
     assert loaded["processor"].startswith("ViTImageProcessor")
     assert loaded["asr_after"] == [3.1]
+
+
+@pytest.mark.trainer_argument("push_to_hub + hub_strategy")
+def test_trainer_pushes_an_fst_card_and_resumable_checkpoints(tmp_path):
+    """FSTTrainer with push_to_hub: each hub_strategy's pushes carry the FST card, and checkpoints carry W0."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        from tiny_models import random_image_rows, tiny_resnet
+        from hf_fst import FSTConfig, FSTTrainer
+        for strategy in ("all_checkpoints", "checkpoint", "end"):
+            args = FSTConfig(
+                output_dir={str(tmp_path)!r} + "/" + strategy, use_cpu=True, report_to="none", disable_tqdm=True,
+                max_steps=4, per_device_train_batch_size=8, save_strategy="steps", save_steps=2, fst_alpha=0.3,
+                push_to_hub=True, hub_model_id="test-user/fst-" + strategy, hub_strategy=strategy,
+                hub_token={TOKEN!r}, hub_always_push=True,
+            )
+            trainer = FSTTrainer(model=tiny_resnet(), args=args, train_dataset=random_image_rows(16))
+            trainer.train()
+            trainer.push_to_hub()
+        """
+    )
+    with FakeHub(token=TOKEN) as hub:
+        env = subprocess_env(tmp_path, HF_ENDPOINT=hub.url)
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        repos = {name: dict(repo.files) for name, repo in hub.repos.items()}
+
+    every = repos["test-user/fst-all_checkpoints"]
+    for folder in ("checkpoint-2/", "checkpoint-4/"):
+        assert {folder + "README.md", folder + "fst_state.safetensors", folder + "model.safetensors"} <= set(every)
+    last = repos["test-user/fst-checkpoint"]
+    assert {"last-checkpoint/README.md", "last-checkpoint/fst_state.safetensors"} <= set(last)
+    end = repos["test-user/fst-end"]
+    assert not any(name.startswith(("checkpoint-", "last-checkpoint")) for name in end)
+    for files in (every, last, end):
+        card = files["README.md"].decode()
+        assert "`fst` (Feature Shift Tuning (FST))" in card and "| fst_alpha | 0.3 |" in card
+        assert "| optimizer steps done when this card was written | 4 |" in card
+        assert "library_name: transformers" in card and "defense-fst" in card
+    checkpoint_card = every["checkpoint-2/README.md"].decode()
+    assert "| optimizer steps done when this card was written | 2 |" in checkpoint_card
+    assert TOKEN.encode() not in b"".join(b"".join(files.values()) for files in (every, last, end))

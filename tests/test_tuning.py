@@ -284,11 +284,28 @@ def test_unknown_head_name(tmp_path):
         FSTTrainer(model=tiny_resnet(), args=make_args(tmp_path, head_name="decoder"))
 
 
-def test_everything_frozen(tmp_path):
+@pytest.mark.parametrize("mode", ["fst", "lp", "ft-init"])
+def test_frozen_head_is_refused_where_the_head_must_train(tmp_path, mode):
     model = tiny_resnet()
     model.classifier.requires_grad_(False)
-    with pytest.raises(ValueError, match="tuning_mode='lp' leaves no trainable parameter"):
-        FSTTrainer(model=model, args=make_args(tmp_path, tuning_mode="lp"))
+    with pytest.raises(ValueError, match=f"tuning_mode='{mode}' trains the head, but head 'classifier.1' is frozen"):
+        FSTTrainer(model=model, args=make_args(tmp_path, tuning_mode=mode))
+
+
+def test_frozen_head_is_kept_frozen_in_ft(tmp_path):
+    model = tiny_resnet()
+    model.classifier.requires_grad_(False)
+    trainer = FSTTrainer(model=model, args=make_args(tmp_path, tuning_mode="ft", num_train_epochs=1),
+                         train_dataset=random_image_rows(8))  # fmt: skip
+    trainer.train()
+    assert torch.equal(trainer.head.weight, model.classifier[1].weight)
+
+
+def test_everything_frozen(tmp_path):
+    model = tiny_resnet()
+    model.resnet.requires_grad_(False)
+    with pytest.raises(ValueError, match="tuning_mode='fe-tuning' leaves no trainable parameter"):
+        FSTTrainer(model=model, args=make_args(tmp_path, tuning_mode="fe-tuning"))
 
 
 def test_plain_training_arguments_are_refused(tmp_path):

@@ -25,6 +25,61 @@ def normalize_tuning_mode(mode: str) -> str:
     return str(mode).strip().lower().replace("_", "-")
 
 
+def _bad(name: str, value: object, rule: str, fix: str) -> ValueError:
+    return ValueError(f"{name}={value!r} {rule}; {fix}")
+
+
+def check_training_numbers(args: TrainingArguments) -> None:
+    """Refuse numeric training arguments that would fail late or train nothing, before any work starts.
+
+    `TrainingArguments` accepts a negative learning rate, a batch size of 0 or -1 epochs; the Trainer then either
+    crashes after evaluation and data loading, or "finishes" without a single optimizer step, which for a defense
+    would report the untouched (or re-initialised) model as purified.
+    """
+
+    def number(name: str) -> float:
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _bad(name, value, "is not a finite number", f"pass a number for --{name}")
+        return value
+
+    if number("learning_rate") <= 0:
+        raise _bad("learning_rate", args.learning_rate, "must be > 0 (no step would change the model)",
+                   "pass e.g. --learning_rate 0.01 (the paper's value)")  # fmt: skip
+    epochs, max_steps = number("num_train_epochs"), number("max_steps")
+    if epochs < 0:
+        raise _bad("num_train_epochs", epochs, "is negative", "pass a positive number of epochs (paper: 10)")
+    if max_steps < -1:
+        raise _bad("max_steps", max_steps, "is below -1", "pass a positive number of steps, or -1 to count epochs")
+    if max_steps <= 0 and epochs <= 0:
+        raise _bad("num_train_epochs", epochs, f"with max_steps={max_steps} trains no step at all",
+                   "pass --num_train_epochs > 0 or --max_steps > 0")  # fmt: skip
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if number(name) < 1 or int(getattr(args, name)) != getattr(args, name):
+            raise _bad(name, getattr(args, name), "must be a whole number >= 1", f"pass e.g. --{name} 1")
+    for name in ("weight_decay", "max_grad_norm", "warmup_ratio", "dataloader_num_workers"):
+        if hasattr(args, name) and number(name) < 0:
+            raise _bad(name, getattr(args, name), "must be >= 0", f"pass --{name} 0 to turn it off")
+    if not 0 <= number("label_smoothing_factor") < 1:
+        raise _bad("label_smoothing_factor", args.label_smoothing_factor, "must be in [0, 1)",
+                   "pass e.g. --label_smoothing_factor 0.1, or 0 for none")  # fmt: skip
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= number(name) < 1:
+            raise _bad(name, getattr(args, name), "must be in [0, 1)", f"pass e.g. --{name} 0.9")
+    if number("adam_epsilon") <= 0:
+        raise _bad("adam_epsilon", args.adam_epsilon, "must be > 0", "pass e.g. --adam_epsilon 1e-8")
+    if not 0 <= number("seed") < 2**32 or int(args.seed) != args.seed:
+        raise _bad("seed", args.seed, "must be a whole number in [0, 2**32)", "pass e.g. --seed 42")
+    for name in ("logging_steps", "save_steps", "eval_steps"):
+        value = getattr(args, name, None)
+        # eval_steps 0 (or unset) means "every logging_steps" to TrainingArguments.
+        if value is not None and (number(name) < 0 or (value == 0 and name != "eval_steps")):
+            raise _bad(name, value, "must be > 0 (a whole number of steps, or a fraction of the run below 1)",
+                       f"pass e.g. --{name} 10")  # fmt: skip
+    if args.save_total_limit is not None and number("save_total_limit") < 1:
+        raise _bad("save_total_limit", args.save_total_limit, "must be >= 1", "pass --save_total_limit 1 or drop it")
+
+
 @dataclass
 class FSTConfig(TrainingArguments):
     r"""Configuration for [`FSTTrainer`]: `TrainingArguments` plus the FST fields.
@@ -42,6 +97,7 @@ class FSTConfig(TrainingArguments):
     | `max_grad_norm` | 0 (no clipping) | 1.0 |
     | `remove_unused_columns` | False (image transforms need the raw columns) | True |
     | `logging_steps` | 10 | 500 |
+    | `logging_nan_inf_filter` | False (a non-finite loss stops the run) | True |
 
     `weight_decay` stays 0, as in the paper. For GTSRB the paper uses 15 epochs and alpha 0.1; for
     CIFAR-100 and Tiny-ImageNet lr 0.001 and alpha 0.001.
@@ -94,6 +150,13 @@ class FSTConfig(TrainingArguments):
         metadata={"help": "Keep raw columns so that `with_transform` preprocessing sees the images."},
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every X optimizer steps."})
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "Off: a non-finite loss stops FST training with an error, so there is nothing to filter, and "
+            "the filter would cost a host-device sync every step."
+        },
+    )
 
     def __post_init__(self) -> None:
         mode = normalize_tuning_mode(self.tuning_mode)
@@ -106,7 +169,14 @@ class FSTConfig(TrainingArguments):
             raise ValueError(f"fst_alpha={self.fst_alpha!r} must be a finite number >= 0 (the paper uses 0.1-0.2)")
         if self.head_name is not None and not str(self.head_name).strip():
             self.head_name = None
+        check_training_numbers(self)
         super().__post_init__()
+
+    def __getstate__(self) -> dict:
+        """Pickle without the Hub token: the Trainer saves and pushes `training_args.bin`, a pickle of these args."""
+        state = self.__dict__.copy()
+        state["hub_token"] = None
+        return state
 
     @property
     def reinitializes_head(self) -> bool:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import gc
 import inspect
 import os
+import shutil
 from typing import Any
 
 import torch
@@ -13,36 +15,39 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, get_last_checkpoint
 
 from hf_fst.heads import find_linear_head, project_weight_norm_, reinitialize_linear_
+from hf_fst.tuning.card import trainer_model_card
 from hf_fst.tuning.config import FSTConfig
+from hf_fst.tuning.contract import repoint_optimizer
 
 FST_STATE_NAME = "fst_state.safetensors"
 """File written next to each checkpoint with W0 and ||W0||, so a resumed run continues exactly."""
 
 
-class _ProjectHeadCallback(TrainerCallback):
-    """Calls `trainer.project_head()` once per optimizer step (after `step`, before `zero_grad`)."""
+class _FSTCallback(TrainerCallback):
+    """Projects the head after every optimizer step and stops on a non-finite loss before anything uses it.
+
+    The finiteness flag lives on the device and is read only when the step's loss is about to be logged, a
+    checkpoint saved, an evaluation run or training ended, so that no step waits on a host-device sync.
+    """
 
     def __init__(self, trainer: FSTTrainer) -> None:
         self.trainer = trainer
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer.project_head()
+        if self.trainer.args.projects_head_norm:
+            self.trainer.project_head()
 
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_log or control.should_save or control.should_evaluate or control.should_training_stop:
+            self.trainer.raise_if_nonfinite()
+        elif state.max_steps and state.global_step >= state.max_steps:
+            self.trainer.raise_if_nonfinite()
 
-class _SaveFSTStateCallback(TrainerCallback):
-    """Writes W0 and ||W0|| into every checkpoint folder the Trainer saves."""
-
-    def __init__(self, trainer: FSTTrainer) -> None:
-        self.trainer = trainer
-
-    def on_save(self, args, state, control, **kwargs):
-        if args.should_save:
-            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            if os.path.isdir(folder):
-                self.trainer.save_fst_state(folder)
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.trainer.raise_if_nonfinite()
 
 
 class FSTTrainer(Trainer):
@@ -51,31 +56,38 @@ class FSTTrainer(Trainer):
     Construction does everything that defines the starting point of tuning, so that
     `trainer.model` right after `__init__` is the model that training begins from:
 
-    1. the model is deep-copied (the object passed in is never modified);
-    2. the linear head is located (`find_head`) and W0 = its weight and ||W0|| are kept;
+    1. the model is deep-copied where it lives, before the Trainer moves it (the object passed in is never
+       modified); an optimizer passed in `optimizers=` is re-pointed at the copy;
+    2. the linear head is located (`find_head`) and W0 = its weight and ||W0|| are kept, in float32;
     3. the head is re-initialised in `fst`, `ft-init` and `fe-tuning` modes (`reinitialize_head`);
     4. parameters are frozen as the mode says (`freeze_parameters`): `lp` trains the head only,
        `fe-tuning` everything but the head. Parameters frozen by the caller stay frozen.
 
-    During training the loss is cross-entropy plus, in `fst` mode, `fst_penalty()` =
-    alpha * <W, W0>; both parts are logged (`ce_loss`, `fst_penalty`). After every optimizer step
-    `project_head()` rescales the head weight to ||W0||. The penalty, the projection and the head
-    lookup are methods: override them to try a variant of the method.
+    During training the loss is cross-entropy (label-smoothed with `label_smoothing_factor`, or the
+    `compute_loss_func` given) plus, in `fst` mode, `fst_penalty()` = alpha * <W, W0>; both parts are logged
+    (`ce_loss`, `fst_penalty`). After every optimizer step `project_head()` rescales the head weight to ||W0||.
+    The penalty, the projection and the head lookup are methods: override them to try a variant of the method.
+    Every `Trainer` argument is honoured or refused at construction: see `hf_fst.tuning.contract`.
 
     Batches are dicts with the model's inputs (`pixel_values`) and `labels`; keys that the
     model's `forward` does not take (such as `is_poisoned`) are ignored.
     """
 
-    # The loss below is a per-batch mean: let the Trainer divide it by the accumulation steps.
-    loss_is_scaled_for_ga = False
-
     def __init__(
         self,
         model: nn.Module | None = None,
         args: FSTConfig | None = None,
-        *trainer_args: Any,
+        data_collator: Any = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
         model_init: Any = None,
-        **trainer_kwargs: Any,
+        compute_loss_func: Any = None,
+        compute_metrics: Any = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[Any, Any] = (None, None),
+        optimizer_cls_and_kwargs: Any = None,
+        preprocess_logits_for_metrics: Any = None,
     ) -> None:
         if model_init is not None:
             raise ValueError(
@@ -89,18 +101,51 @@ class FSTTrainer(Trainer):
             raise TypeError(
                 f"args must be an FSTConfig, got {type(args).__name__}; build it with FSTConfig(**training_args_kwargs)"
             )
+        if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
+            raise ValueError("train_dataset is empty: tuning on no data would report the input model as purified")
         # Look the head up on the caller's model first: a bad model fails before any copy or set-up.
         self.args = args
-        self.head_name, _ = self.find_head(model)
-        super().__init__(copy.deepcopy(model), args, *trainer_args, **trainer_kwargs)
+        self.head_name, head = self.find_head(model)
+        if self.args.tuning_mode in ("fst", "lp", "ft-init") and not all(p.requires_grad for p in head.parameters()):
+            raise ValueError(
+                f"tuning_mode={self.args.tuning_mode!r} trains the head, but head {self.head_name!r} is frozen "
+                "(requires_grad=False); unfreeze it, or for a PEFT model list it in modules_to_save"
+            )
+        optimizer, scheduler = optimizers if optimizers is not None else (None, None)
+        # Copied where the caller's model lives: the Trainer then moves only the copy to the device.
+        tuned = copy.deepcopy(model)
+        repoint_optimizer(optimizer, scheduler, model, tuned)
+        super().__init__(
+            model=tuned,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_loss_func=compute_loss_func,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=(optimizer, scheduler),
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
         if self.is_fsdp_enabled and (self.args.uses_fst_penalty or self.args.projects_head_norm):
             raise ValueError(
                 "FSDP shards the head weight, so the FST penalty and norm projection would see one shard; "
                 "run FST with DDP (accelerate launch --multi_gpu) instead of an FSDP config"
             )
+        if not self.label_names:
+            raise ValueError("label_names=[]: FSTTrainer trains on the first label name; pass e.g. ['labels']")
+        # The first label name is the training target; further ones (e.g. `original_label`) only reach metrics.
+        self.label_key = self.label_names[0]
+        # The task loss is a per-batch mean (the Trainer divides it by the accumulation steps), unless the caller's
+        # compute_loss_func normalises over the whole accumulated batch, as it does in `Trainer`.
+        self.loss_is_scaled_for_ga = compute_loss_func is not None
+        # Our cross-entropy never reads num_items_in_batch: spare the Trainer counting (and gathering) it each step.
+        self.model_accepts_loss_kwargs = False
 
         head = self.head
-        self.fst_w0 = head.weight.detach().clone()
+        self.fst_w0 = head.weight.detach().float().clone()
         self.fst_w0_norm = self.fst_w0.norm()
         if self.args.reinitializes_head:
             self.reinitialize_head()
@@ -110,12 +155,18 @@ class FSTTrainer(Trainer):
                 f"tuning_mode={self.args.tuning_mode!r} leaves no trainable parameter in this model "
                 f"(head {self.head_name!r}); unfreeze parameters (requires_grad=True) or choose another tuning_mode"
             )
-        forward = inspect.signature(self.model.forward).parameters
-        self._model_input_names = {n for n, p in forward.items() if p.kind is not p.VAR_KEYWORD and n != "labels"}
-        self._logged_parts: dict[str, list[torch.Tensor]] = {"ce_loss": [], "fst_penalty": []}
-        if self.args.projects_head_norm:
-            self.add_callback(_ProjectHeadCallback(self))
-        self.add_callback(_SaveFSTStateCallback(self))
+        # A PEFT wrapper's forward takes (*args, **kwargs): read the input names off the model it wraps.
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        forward = inspect.signature(base.forward).parameters
+        self._model_input_names = {
+            n for n, p in forward.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "labels"
+        }
+        # Running sums of the logged loss parts, on the device (no sync until they are logged).
+        self._part_sums: dict[str, torch.Tensor] = {}
+        self._part_counts: dict[str, int] = {}
+        self._first_bad_step: torch.Tensor | None = None
+        self._first_bad_loss: torch.Tensor | None = None
+        self.add_callback(_FSTCallback(self))
 
     # ----------------------------------------------------------------------------------------- head
     @property
@@ -144,9 +195,8 @@ class FSTTrainer(Trainer):
                 param.requires_grad_(False)
 
     def fst_penalty(self) -> torch.Tensor:
-        """alpha * <W, W0>: pushes the new head away from the backdoored one (bias excluded)."""
-        weight = self.head.weight
-        return self.args.fst_alpha * (weight * self.fst_w0.to(weight.dtype)).sum()
+        """alpha * <W, W0>: pushes the new head away from the backdoored one (bias excluded), in float32."""
+        return self.args.fst_alpha * (self.head.weight.float() * self.fst_w0).sum()
 
     def project_head(self) -> None:
         """Rescale the head weight to ||W0|| (called after every optimizer step when enabled)."""
@@ -160,50 +210,99 @@ class FSTTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
-        """Cross-entropy on the logits, plus `fst_penalty()` when training in `fst` mode.
+        """The task loss on the logits, plus `fst_penalty()` when training in `fst` mode.
 
-        The cross-entropy is computed here rather than by the model because several
-        transformers vision models drop `num_items_in_batch`, which mis-scales their own loss
-        under gradient accumulation and DDP.
+        The task loss is the caller's `compute_loss_func` if given, else cross-entropy with
+        `label_smoothing_factor`. It is computed here rather than by the model because several transformers
+        vision models drop `num_items_in_batch`, which mis-scales their own loss under gradient accumulation and DDP.
         """
-        if "labels" not in inputs:
-            raise ValueError("FSTTrainer batches need a 'labels' key; make your collator or transform return one")
-        labels = inputs["labels"]
+        if self.label_key not in inputs:
+            raise ValueError(
+                f"FSTTrainer batches need a {self.label_key!r} key; make your collator or transform return one"
+            )
+        labels = inputs[self.label_key]
         outputs = model(**{k: v for k, v in inputs.items() if k in self._model_input_names})
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        loss = F.cross_entropy(logits.float(), labels)
-        if model.training:  # evaluation reports plain cross-entropy
-            self._logged_parts["ce_loss"].append(loss.detach())
+        if self.compute_loss_func is not None:
+            loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as `Trainer` does for a loss normalised over ranks
+        else:
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
+        if model.training:  # evaluation reports the task loss alone
+            # Logged per batch: undo the whole-batch normalisation of a compute_loss_func over accumulation.
+            steps = self.current_gradient_accumulation_steps if self.loss_is_scaled_for_ga else 1
+            self._add_part("ce_loss", loss.detach() * steps)
             if self.args.uses_fst_penalty:
                 penalty = self.fst_penalty()
-                self._logged_parts["fst_penalty"].append(penalty.detach())
-                loss = loss + penalty.float()
-            self.check_finite(loss)
+                self._add_part("fst_penalty", penalty.detach())
+                # The Trainer divides a per-batch loss by the accumulation steps; a whole-batch one it does not.
+                loss = loss + (penalty / steps if self.loss_is_scaled_for_ga else penalty)
+            self._note_finite(loss)
         return (loss, outputs) if return_outputs else loss
 
-    def check_finite(self, loss: torch.Tensor) -> None:
-        """Stop at the first non-finite training loss instead of training (and saving) a broken model.
+    def _add_part(self, key: str, value: torch.Tensor) -> None:
+        self._part_sums[key] = self._part_sums[key] + value if key in self._part_sums else value.float()
+        self._part_counts[key] = self._part_counts.get(key, 0) + 1
 
-        Under DDP the flag is agreed across ranks, so every rank stops together instead of waiting forever in
-        the next gradient all-reduce.
+    def _note_finite(self, loss: torch.Tensor) -> None:
+        """Remember, on the device and without a sync, the first optimizer step whose loss is not finite."""
+        loss = loss.detach().float()
+        if self._first_bad_step is None:
+            self._first_bad_step = torch.zeros((), dtype=torch.long, device=loss.device)
+            self._first_bad_loss = torch.zeros((), dtype=torch.float32, device=loss.device)
+        first = ~torch.isfinite(loss) & (self._first_bad_step == 0)
+        self._first_bad_step = torch.where(first, self.state.global_step + 1, self._first_bad_step)
+        self._first_bad_loss = torch.where(first, loss, self._first_bad_loss)
+
+    def raise_if_nonfinite(self) -> None:
+        """Stop at the first non-finite training loss instead of logging, saving or returning a broken model.
+
+        Checked (one sync) before each log, save, evaluation and at the end of every epoch; the step named is the
+        first bad one, found on the device. Under DDP the ranks agree on it, so every rank stops together instead
+        of waiting forever in the next collective.
         """
-        finite = torch.isfinite(loss.detach()).to(torch.int32)
+        if self._first_bad_step is None:
+            return
+        big = torch.iinfo(torch.long).max
+        step = torch.where(self._first_bad_step > 0, self._first_bad_step, big)
         if self.args.world_size > 1 and dist.is_available() and dist.is_initialized():
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if not finite.item():
-            raise FloatingPointError(
-                f"non-finite training loss ({loss.item()}) at optimizer step {self.state.global_step + 1} "
-                f"(epoch {self.state.epoch or 0:.2f}); lower learning_rate (now {self.args.learning_rate:g})"
-                + (f" or fst_alpha (now {self.args.fst_alpha:g})" if self.args.uses_fst_penalty else "")
-            )
+            dist.all_reduce(step, op=dist.ReduceOp.MIN)
+        step = int(step.item())
+        if step == big:
+            return
+        loss = float(self._first_bad_loss.item()) if int(self._first_bad_step.item()) == step else float("nan")
+        raise FloatingPointError(
+            f"non-finite training loss ({loss}) at optimizer step {step} "
+            f"(found at step {self.state.global_step}); lower learning_rate (now {self.args.learning_rate:g})"
+            + (f" or fst_alpha (now {self.args.fst_alpha:g})" if self.args.uses_fst_penalty else "")
+        )
+
+    def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> Any:
+        """The gradient norm, computed only for the steps that log it when nothing is clipped.
+
+        Without clipping the Trainer computes (and multiplies every gradient by 1.0) each step only to log the last
+        value; the logged numbers are unchanged by skipping the other steps.
+        """
+        if grad_norm is None and self.args.max_grad_norm <= 0 and not self._logs_next_step():
+            return None
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
+
+    def _logs_next_step(self) -> bool:
+        if self.args.logging_strategy != IntervalStrategy.STEPS:
+            return True
+        step = self.state.global_step + 1
+        every = self.state.logging_steps or 1
+        first = step == 1 and self.args.logging_first_step
+        return first or step % every == 0 or (self.state.max_steps > 0 and step >= self.state.max_steps)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Add the mean cross-entropy and FST penalty since the last training log."""
         if "loss" in logs:
-            for key, values in self._logged_parts.items():
-                if values:
-                    logs[key] = round(torch.stack(values).mean().item(), 6)
-                    values.clear()
+            for key, total in self._part_sums.items():
+                logs[key] = round(total.item() / self._part_counts[key], 6)
+            self._part_sums.clear()
+            self._part_counts.clear()
         super().log(logs, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------- checkpoints
@@ -234,6 +333,36 @@ class FSTTrainer(Trainer):
         self.fst_w0 = state["w0"].to(device=device, dtype=self.fst_w0.dtype)
         self.fst_w0_norm = state["w0_norm"].to(device=device)
 
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """`Trainer._save_checkpoint`, then the FST state (and, when pushing, the card), then the push.
+
+        The Trainer pushes from inside its own save; here the push waits until the checkpoint holds W0 (so a pushed
+        checkpoint can be resumed) and a model card, as TRL's trainers write one before every push.
+        """
+        push = self.args.push_to_hub
+        self.args.push_to_hub = False
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.push_to_hub = push
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save and os.path.isdir(folder):
+            if push:
+                self.create_model_card()
+                shutil.copy(os.path.join(self.args.output_dir, "README.md"), os.path.join(folder, "README.md"))
+            self.save_fst_state(folder)
+        if push:
+            self._push_from_checkpoint(folder)
+
+    def create_model_card(self, model_name: str | None = None, **kwargs: Any) -> None:
+        """Write an FST model card to `output_dir/README.md` (what `Trainer.push_to_hub` uploads)."""
+        if not self.is_world_process_zero():
+            return
+        name = model_name or (self.args.hub_model_id or os.path.basename(os.path.normpath(self.args.output_dir)))
+        card = trainer_model_card(self, model_name=name.split("/")[-1], **kwargs)
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        card.save(os.path.join(self.args.output_dir, "README.md"))
+
     def last_complete_checkpoint(self) -> str | None:
         """Newest `checkpoint-N` in `output_dir` that holds its FST state, or None.
 
@@ -261,7 +390,21 @@ class FSTTrainer(Trainer):
             )
         if isinstance(resume_from_checkpoint, (str, os.PathLike)):
             self.load_fst_state(os.fspath(resume_from_checkpoint))
-        output = super().train(resume_from_checkpoint, *args, **kwargs)
+        self._first_bad_step = self._first_bad_loss = None
+        self._part_sums.clear()
+        self._part_counts.clear()
+        # The Trainer starts with a full gc.collect(), which scans every object of the process (about 0.35 s here,
+        # 7% of a 40-step run). Objects that existed before train() are set aside for that scan; they are collected
+        # again as usual afterwards. With auto_find_batch_size the collection frees memory between retries: kept.
+        freeze = not self.args.auto_find_batch_size
+        if freeze:
+            gc.freeze()
+        try:
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            if freeze:
+                gc.unfreeze()
+        self.raise_if_nonfinite()
         self.sync_buffers()
         return output
 
