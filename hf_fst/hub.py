@@ -21,6 +21,7 @@ __all__ = [
     "TEMPLATE_NAME",
     "format_table",
     "get_token_or_raise",
+    "hub_repo_id",
     "push_to_hub",
     "redacted_command",
     "render_model_card",
@@ -115,6 +116,11 @@ def _short_name(name: str | None) -> str:
     return path.name if (name.startswith((".", "/", "~")) or path.exists()) else name
 
 
+def hub_repo_id(name: str | None) -> str | None:
+    """`name` when it reads as a Hub repository id (`owner/name`) rather than a local folder, else None."""
+    return name if name and "/" in name and _short_name(name) == name else None
+
+
 def render_model_card(
     *,
     after: Mapping[str, float | None],
@@ -151,7 +157,7 @@ def render_model_card(
     defense = DEFENSE_NAMES.get(tuning_mode or "", tuning_mode or "training")
     dataset_id = _short_name(dataset_name)
     base_id = _short_name(base_model) if base_model else None
-    hub_base = base_model if base_model and base_id == base_model and "/" in base_model else None
+    hub_base = hub_repo_id(base_model)
 
     eval_results = []
     stages: list[tuple[str, Mapping[str, float | None]]] = [("before", before)] if purified else []
@@ -182,7 +188,7 @@ def render_model_card(
     card_data = ModelCardData(
         model_name=model_name,
         base_model=hub_base,
-        datasets=[dataset_name] if dataset_id == dataset_name and "/" in dataset_name else None,
+        datasets=[dataset_name] if hub_repo_id(dataset_name) else None,
         library_name="transformers",
         pipeline_tag="image-classification",
         license=None,

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from tiny_models import NUM_LABELS, random_image_rows, tiny_resnet, tiny_vit
+from tiny_models import NUM_LABELS, fst_args, random_image_rows, tiny_resnet, tiny_vit
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_fst import FSTConfig, FSTTrainer
@@ -31,11 +31,6 @@ argument = pytest.mark.trainer_argument
 
 def make_args(tmp_path, **overrides) -> FSTConfig:
     kwargs = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        report_to="none",
-        disable_tqdm=True,
-        save_strategy="no",
         seed=3,
         data_seed=3,
         fst_alpha=ALPHA,
@@ -45,7 +40,7 @@ def make_args(tmp_path, **overrides) -> FSTConfig:
         train_sampling_strategy="sequential",
     )
     kwargs.update(overrides)
-    return FSTConfig(**kwargs)
+    return fst_args(tmp_path, **kwargs)
 
 
 def head_of(model) -> torch.nn.Linear:

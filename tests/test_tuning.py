@@ -9,24 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tiny_models import NUM_LABELS, random_image_rows, tiny_resnet, tiny_vit
+from tiny_models import fst_args as make_args
 from transformers import TrainerCallback
 
 from hf_fst import FSTConfig, FSTTrainer
 from hf_fst.tuning import FST_STATE_NAME, TUNING_MODES
-
-
-def make_args(tmp_path, **overrides) -> FSTConfig:
-    kwargs = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        report_to="none",
-        disable_tqdm=True,
-        save_strategy="no",
-        seed=7,
-        data_seed=7,
-    )
-    kwargs.update(overrides)
-    return FSTConfig(**kwargs)
 
 
 def params(model) -> dict[str, torch.Tensor]:

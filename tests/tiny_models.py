@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import transformers as tf
 
+from hf_fst import FSTConfig
+
 NUM_LABELS = 5
 
 
@@ -38,3 +40,18 @@ def random_image_rows(n: int, num_labels: int = NUM_LABELS, size: int = 16, seed
     images = torch.randn(n, 3, size, size, generator=generator)
     labels = torch.randint(0, num_labels, (n,), generator=generator)
     return [{"pixel_values": images[i], "labels": int(labels[i])} for i in range(n)]
+
+
+def fst_args(tmp_path, **overrides) -> FSTConfig:
+    """An FSTConfig for fast tests: CPU, no reporting, no checkpoints, seeded; `overrides` win."""
+    kwargs = dict(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",
+        seed=7,
+        data_seed=7,
+    )
+    kwargs.update(overrides)
+    return FSTConfig(**kwargs)

@@ -7,19 +7,11 @@ measure rather than leaving the generic `Trainer` card, which would not mention 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from hf_fst.hub import DEFENSE_NAMES
+from hf_fst.hub import DEFENSE_NAMES, hub_repo_id
 
 __all__ = ["trainer_model_card"]
-
-
-def _hub_id(name: str | None) -> str | None:
-    """`name` when it looks like a Hub repository id rather than a local folder."""
-    if not name or name.startswith((".", "/", "~")) or os.path.exists(name) or name.count("/") != 1:
-        return None
-    return name
 
 
 def _latest_evaluation(log_history: list[dict[str, Any]]) -> tuple[int | None, dict[str, float]]:
@@ -37,7 +29,7 @@ def trainer_model_card(trainer: Any, model_name: str, tags: str | list[str] | No
     args = trainer.args
     mode = args.tuning_mode
     config = getattr(trainer.accelerator.unwrap_model(trainer.model), "config", None)
-    base = _hub_id(getattr(config, "_name_or_path", None))
+    base = hub_repo_id(getattr(config, "_name_or_path", None))
     extra = [tags] if isinstance(tags, str) else list(tags or [])
     card_tags = ["image-classification", "backdoor", "hf-fst", f"defense-{mode}", *extra]
     data = ModelCardData(

@@ -41,9 +41,14 @@ class _FSTCallback(TrainerCallback):
             self.trainer.project_head()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if control.should_log or control.should_save or control.should_evaluate or control.should_training_stop:
-            self.trainer.raise_if_nonfinite()
-        elif state.max_steps and state.global_step >= state.max_steps:
+        last = state.max_steps and state.global_step >= state.max_steps
+        if (
+            last
+            or control.should_log
+            or control.should_save
+            or control.should_evaluate
+            or control.should_training_stop
+        ):
             self.trainer.raise_if_nonfinite()
 
     def on_epoch_end(self, args, state, control, **kwargs):
@@ -396,7 +401,8 @@ class FSTTrainer(Trainer):
         # The Trainer starts with a full gc.collect(), which scans every object of the process (about 0.35 s here,
         # 7% of a 40-step run). Objects that existed before train() are set aside for that scan; they are collected
         # again as usual afterwards. With auto_find_batch_size the collection frees memory between retries: kept.
-        freeze = not self.args.auto_find_batch_size
+        # A process that froze objects itself is left alone, since gc.unfreeze() would release its objects too.
+        freeze = not self.args.auto_find_batch_size and gc.get_freeze_count() == 0
         if freeze:
             gc.freeze()
         try:
