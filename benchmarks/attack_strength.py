@@ -38,7 +38,7 @@ from transformers import ResNetConfig, ResNetForImageClassification
 from hf_fst.attacks import backdoor_test_set, get_attack, list_attacks, poison_dataset
 from hf_fst.metrics import attack_success_rate, clean_accuracy, robust_accuracy
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg"
+DEFAULT_DATA = "uoft-cs/cifar10"  # or a local copy: --data_dir path/to/cifar10
 MEAN = [0.4914, 0.4822, 0.4465]
 STD = [0.2470, 0.2435, 0.2616]
 

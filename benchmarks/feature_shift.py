@@ -35,7 +35,8 @@ from sklearn.model_selection import cross_val_score  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
-from hf_fst.grid import GridConfig, GridRunner, normalize  # noqa: E402
+from hf_fst.benchmark import GridConfig, GridRunner  # noqa: E402
+from hf_fst.benchmark.tensors import normalize  # noqa: E402
 from hf_fst.heads import find_linear_head  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Peak memory (max RSS) of poisoning all 50,000 CIFAR-10 training images, map-style and streaming.
 
-    OMP_NUM_THREADS=1 python benchmarks/poisoning_memory.py [--data ../shared/data/cifar10-jpeg] [--rate 0.1]
+    OMP_NUM_THREADS=1 python benchmarks/poisoning_memory.py [--data uoft-cs/cifar10 | local folder] [--rate 0.1]
     OMP_NUM_THREADS=1 python benchmarks/poisoning_memory.py --repeat 4 --row_group_size 10000   # 200,000 rows
 
 Each mode runs in a fresh Python process so its peak is its own; the peak is `ru_maxrss` of that process, read
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+DEFAULT_DATA = "uoft-cs/cifar10"  # or a local copy: --data path/to/cifar10
 
 
 def max_rss_mib() -> float:

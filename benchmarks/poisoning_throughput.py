@@ -27,7 +27,7 @@ from PIL import Image
 
 from hf_fst.attacks import get_attack, list_attacks, plan_poisoning, poison_dataset
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg"
+DEFAULT_DATA = "uoft-cs/cifar10"  # or a local copy: --data_dir path/to/cifar10
 KINDS = {1: "poison", 2: "cover"}
 
 

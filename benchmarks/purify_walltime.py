@@ -45,7 +45,7 @@ def run_once(args: argparse.Namespace, output_dir: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_id", required=True, help="Backdoored model folder (e.g. one from the grid cache).")
-    parser.add_argument("--dataset_name", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg"))
+    parser.add_argument("--dataset_name", default="uoft-cs/cifar10")
     parser.add_argument("--attack", default="badnet")
     parser.add_argument("--tuning_mode", default="fst")
     parser.add_argument("--repeats", type=int, default=3)

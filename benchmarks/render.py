@@ -31,7 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hf_fst.grid import DATASETS, read_records  # noqa: E402
+from hf_fst.benchmark import DATASETS, read_records  # noqa: E402
 from hf_fst.tuning import TUNING_MODES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

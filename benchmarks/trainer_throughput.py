@@ -29,10 +29,10 @@ from datasets import load_dataset
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_fst import FSTConfig, FSTTrainer
-from hf_fst.grid import TensorImages
+from hf_fst.benchmark.tensors import TensorImages
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+DEFAULT_DATA = "uoft-cs/cifar10"  # or a local copy: --data path/to/cifar10
 
 
 def load_images(path: Path, num_images: int) -> TensorImages:
@@ -104,7 +104,7 @@ def fst_trainer(model, dataset, epochs: int, batch_size: int, alpha: float, seed
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--num_images", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch_size", type=int, default=128)

@@ -25,6 +25,12 @@ _LAZY: dict[str, str] = {
     "robust_accuracy": "hf_fst.metrics",
     "evaluate_backdoor": "hf_fst.metrics",
     "compute_backdoor_metrics": "hf_fst.metrics",
+    "load_classifier": "hf_fst.loading",
+    "load_image_dataset": "hf_fst.loading",
+    "build_transform": "hf_fst.transforms",
+    "augmentation_epoch_callback": "hf_fst.transforms",
+    "collate_image_batch": "hf_fst.transforms",
+    "select_tuning_set": "hf_fst.selection",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -32,6 +38,7 @@ __all__ = sorted(_LAZY) + ["__version__"]
 if TYPE_CHECKING:  # pragma: no cover
     from hf_fst.attacks import backdoor_test_set, get_attack, list_attacks, poison_dataset  # noqa: F401
     from hf_fst.heads import find_linear_head  # noqa: F401
+    from hf_fst.loading import load_classifier, load_image_dataset  # noqa: F401
     from hf_fst.metrics import (  # noqa: F401
         attack_success_rate,
         clean_accuracy,
@@ -39,6 +46,8 @@ if TYPE_CHECKING:  # pragma: no cover
         evaluate_backdoor,
         robust_accuracy,
     )
+    from hf_fst.selection import select_tuning_set  # noqa: F401
+    from hf_fst.transforms import augmentation_epoch_callback, build_transform, collate_image_batch  # noqa: F401
     from hf_fst.tuning import TUNING_MODES, FSTConfig, FSTTrainer  # noqa: F401
 
 

@@ -54,7 +54,7 @@ def digits_dataset(test_size: float = 0.25, seed: int = 0):
     return DatasetDict({"train": split(np.sort(train_idx)), "test": split(np.sort(test_idx))})
 
 
-def small_resnet(num_labels: int = 10, num_channels: int = 1):
+def small_resnet(num_labels: int = 10, num_channels: int = 3):
     """A ~60k-parameter HF ResNet for 8x8 images (no stem down-sampling to keep some spatial resolution)."""
     from transformers import ResNetConfig, ResNetForImageClassification
 
@@ -114,14 +114,11 @@ def run_demo(
     from transformers.utils import logging as hf_logging
 
     from hf_fst import FSTConfig, backdoor_test_set, evaluate_backdoor, get_attack, poison_dataset
-    from hf_fst.data import (
-        build_transform,
-        collate_image_batch,
-        default_image_processor,
-        select_tuning_set,
-        validate_target_label,
-    )
+    from hf_fst.arguments import validate_target_label
+    from hf_fst.console import set_progress_bars
     from hf_fst.hub import format_table, render_model_card
+    from hf_fst.selection import select_tuning_set
+    from hf_fst.transforms import build_transform, collate_image_batch, default_image_processor
 
     start = time.perf_counter()
     out = Path(output_dir)
@@ -130,6 +127,7 @@ def run_demo(
     if not 0 < poison_rate <= 1:
         raise ValueError(f"--poison_rate={poison_rate} is out of range; pass a fraction in (0, 1]")
     hf_logging.set_verbosity_error()
+    set_progress_bars(progress)
     warnings.filterwarnings("ignore", category=UserWarning)
     if num_threads:
         # Tiny convolutions gain nothing from intra-op threads and slow down a lot on a busy machine.

@@ -79,6 +79,8 @@ def redacted_command(argv: Sequence[str] | None = None, launcher: str | None = N
         out[0] = f"recipes/{script.name}" if script.parent.name == "recipes" else out[0]
         prefix = launcher or "python"
         return " ".join([prefix, *map(shlex.quote, out)])
+    if out and out[0].startswith("hf-fst "):  # a console subcommand, "hf-fst purify"
+        return " ".join([out[0], *map(shlex.quote, out[1:])])
     if out and out[0].endswith(("-m", "__main__.py")):
         out = out[1:]
     return " ".join(map(shlex.quote, out))

@@ -11,11 +11,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from hf_fst.console import progress
 
 __all__ = [
     "ASR_METRIC_PATH",
@@ -117,7 +120,8 @@ def _run(
     model.eval()
     try:
         with torch.no_grad():
-            for batch in _batches(dataset, batch_size):
+            total = math.ceil(len(dataset) / batch_size) if hasattr(dataset, "__len__") else None
+            for batch in progress(_batches(dataset, batch_size), total=total, desc="Evaluating", unit="batch"):
                 if "pixel_values" not in batch:
                     raise ValueError(
                         f"dataset=: rows have keys {sorted(batch)} but no 'pixel_values'; set a preprocessing "

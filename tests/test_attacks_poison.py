@@ -1,7 +1,6 @@
 """`poison_dataset` / `backdoor_test_set`: counts, index policy, determinism, fingerprints, modes, bad input."""
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +8,10 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
 from PIL import Image as PILImage
+from shared_data import CIFAR
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_fst.attacks import backdoor_test_set, get_attack, plan_poisoning, poison_dataset
-
-SHARED_DATA = Path(
-    os.environ.get("HF_FST_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
-)
 
 
 def _pictures(n, h=32, w=32, mode="RGB", seed=0):
@@ -281,9 +277,9 @@ def test_bad_inputs():
 
 # ----------------------------------------------------------------------------------------------------------------
 # Real data (skipped when the shared data folder is absent)
-@pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg").exists(), reason="shared CIFAR-10 copy not available")
+@pytest.mark.skipif(not CIFAR.exists(), reason="shared CIFAR-10 copy not available")
 def test_cifar10_slice_keeps_jpeg_bytes_of_clean_rows():
-    ds = load_dataset(str(SHARED_DATA / "cifar10-jpeg"), split="train").select(range(300))
+    ds = load_dataset(str(CIFAR), split="train").select(range(300))
     out = poison_dataset(ds, "badnet", 0.1)  # columns img / label detected
     raw = out.cast_column("img", Image(decode=False))
     source = ds.cast_column("img", Image(decode=False))

@@ -1,4 +1,4 @@
-"""Loading, checks and preprocessing in `hf_fst.data`, on synthetic data and tiny models built from configs."""
+"""Loading, checks and preprocessing (`hf_fst.loading`, `.transforms`, `.selection`, `.arguments`), on synthetic data and tiny models built from configs."""
 
 from __future__ import annotations
 
@@ -11,24 +11,24 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 from transformers import ResNetConfig, ResNetForImageClassification
 
-from hf_fst.data import (
-    DEFAULT_IMAGE_MEAN,
-    DEFAULT_IMAGE_STD,
-    AttackArguments,
-    build_transform,
+from hf_fst.arguments import AttackArguments, parse_attack_params, validate_target_label
+from hf_fst.loading import (
     check_head,
-    check_output_dir,
-    collate_image_batch,
-    default_image_processor,
     get_split,
     label_names,
     load_classifier,
     load_image_dataset,
     load_image_processor,
-    parse_attack_params,
     resolve_columns_or_raise,
-    select_tuning_set,
-    validate_target_label,
+)
+from hf_fst.outputs import check_output_dir
+from hf_fst.selection import select_tuning_set
+from hf_fst.transforms import (
+    DEFAULT_IMAGE_MEAN,
+    DEFAULT_IMAGE_STD,
+    build_transform,
+    collate_image_batch,
+    default_image_processor,
 )
 
 
@@ -237,7 +237,7 @@ def test_transform_uses_the_image_processor(tmp_path):
 
 def test_trigger_goes_on_at_the_model_input_size():
     from hf_fst.attacks import get_attack
-    from hf_fst.data import match_attack_to_model
+    from hf_fst.transforms import match_attack_to_model
 
     model, ds = tiny_resnet(), synthetic(4, size=8)
     attack = get_attack("badnet")

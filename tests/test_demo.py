@@ -6,6 +6,7 @@ import json
 
 import pytest
 from huggingface_hub import ModelCard
+from transformers import pipeline
 
 from hf_fst.demo import DEMO_MARKER, digits_dataset, main, run_demo
 
@@ -37,6 +38,14 @@ def test_demo_end_to_end_short(tmp_path, capsys):
     assert results["before_attack_success_rate"] == summary["backdoored"]["attack_success_rate"]
     card = ModelCard.load(purified / "README.md")
     assert len(card.data.eval_results) == 6 and "python -m hf_fst.demo" in card.text
+    # transformers' own pipeline runs the checkpoint on the digits (mode L, and RGB) at the accuracy the card reports.
+    reported = {r.metric_type: r.metric_value for r in card.data.eval_results}["clean_accuracy_after"]
+    classify = pipeline("image-classification", model=str(purified), device="cpu")
+    test = digits_dataset()["test"]
+    for mode in ("L", "RGB"):
+        outputs = classify([image.convert(mode) for image in test["image"]], top_k=1, batch_size=64)
+        hits = [out[0]["label"] == str(label) for out, label in zip(outputs, test["label"], strict=True)]
+        assert 100 * sum(hits) / len(hits) == pytest.approx(reported, abs=0.01), mode
     assert not (out / "runs").exists()
 
     # A second run replaces its own earlier output; a folder it did not write is left alone.

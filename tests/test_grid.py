@@ -6,14 +6,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared_data import CIFAR, DATA_DIR
 
-from hf_fst.grid import DATA_ROOT, AugmentingCollator, GridConfig, GridRunner, read_records
+from hf_fst.benchmark import GridConfig, GridRunner, read_records
+from hf_fst.benchmark.grid import dataset_source
+from hf_fst.benchmark.tensors import AugmentingCollator
 
-pytestmark = pytest.mark.skipif(not (DATA_ROOT / "cifar10-jpeg").is_dir(), reason="shared CIFAR-10 not present")
+needs_cifar = pytest.mark.skipif(not CIFAR.is_dir(), reason="local CIFAR-10 copy not present")
 
 
+@needs_cifar
 def test_grid_writes_records_and_resumes(tmp_path):
     config = GridConfig(
+        data_dir=str(DATA_DIR),
         datasets=["cifar10"],
         attacks=["badnet"],
         poison_rates=[0.1],
@@ -36,6 +41,7 @@ def test_grid_writes_records_and_resumes(tmp_path):
             assert 0.0 <= record[key] <= 1.0
         assert record["num_tuning_samples"] == 64 and record["num_poisoned"] == 40
         assert record["tuning_seconds"] > 0
+    assert {r["dataset_source"] for r in records} == {str(CIFAR)}
     assert records[0]["fst_alpha"] is None and records[1]["fst_alpha"] == 0.2
     assert len(list(Path(config.cache_dir).glob("*/model.safetensors"))) == 1
 
@@ -85,3 +91,17 @@ def test_augmentation_can_be_switched_off():
 def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match="model: 'vit-xl' is unknown"):
         GridConfig(model="vit-xl")
+
+
+def test_data_sets_come_from_the_hub_unless_a_data_dir_is_given(tmp_path):
+    assert dataset_source("cifar10", None) == "uoft-cs/cifar10"
+    assert dataset_source("gtsrb", None) == "tanganke/gtsrb"
+    (tmp_path / "cifar10-jpeg").mkdir()
+    assert dataset_source("cifar10", str(tmp_path)) == str(tmp_path / "cifar10-jpeg")
+    with pytest.raises(ValueError, match=r"--data_dir=.*no folder named gtsrb or gtsrb-\*"):
+        dataset_source("gtsrb", str(tmp_path))
+    (tmp_path / "cifar10").mkdir()
+    with pytest.raises(ValueError, match=r"2 folders \(cifar10, cifar10-jpeg\)"):
+        dataset_source("cifar10", str(tmp_path))
+    with pytest.raises(ValueError, match="is not a folder"):
+        dataset_source("cifar10", str(tmp_path / "missing"))

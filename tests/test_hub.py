@@ -19,8 +19,8 @@ from hub_server import FakeHub
 from huggingface_hub import ModelCard
 from transformers import ResNetConfig, ResNetForImageClassification
 
-from hf_fst.data import default_image_processor
 from hf_fst.hub import format_table, get_token_or_raise, redacted_command, render_model_card, template_path
+from hf_fst.transforms import default_image_processor
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "hf_fakeTokenForTests0123456789"
@@ -180,7 +180,7 @@ def test_push_then_load_by_hub_id_offline(tmp_path):
         """
         import json, torch
         from huggingface_hub import ModelCard
-        from hf_fst.data import load_classifier, load_image_processor
+        from hf_fst.loading import load_classifier, load_image_processor
         model = load_classifier("test-user/purified")
         processor = load_image_processor("test-user/purified")
         card = ModelCard.load("test-user/purified")

@@ -21,12 +21,12 @@ import pytest
 import torch
 from hub_server import FakeHub
 from huggingface_hub import ModelCard
+from shared_data import CIFAR
 from transformers import ResNetConfig, ResNetForImageClassification
 
-from hf_fst.data import ConfigurationError
+from hf_fst.errors import ConfigurationError
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 TOKEN = "hf_recipeTestToken9876543210"
 FAST = ["--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--dataloader_pin_memory", "false"]
 

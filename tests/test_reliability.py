@@ -23,12 +23,13 @@ import pytest
 import torch
 from hub_server import FakeHub
 from safetensors.torch import load_file
+from shared_data import CIFAR
 from transformers import ResNetConfig, ResNetForImageClassification
 
-from hf_fst.data import ConfigurationError, staging_dir
+from hf_fst.errors import ConfigurationError
+from hf_fst.outputs import staging_dir
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 TOKEN = "hf_reliabilityToken0123456789abc"
 QUIET = ["--report_to", "none", "--disable_tqdm", "true", "--dataloader_pin_memory", "false"]
 FINISHED = ("model.safetensors", "README.md", "all_results.json")
@@ -250,7 +251,7 @@ def test_same_seed_twice_is_bit_identical(cifar_tiny, model_dir, tmp_path):
     from datasets import load_dataset
 
     from hf_fst import get_attack, poison_dataset
-    from hf_fst.data import select_tuning_set
+    from hf_fst.selection import select_tuning_set
 
     train = load_dataset(str(cifar_tiny), split="train")
     attack = get_attack("badnet", target_label=0)
@@ -346,7 +347,7 @@ def test_nonfinite_loss_exits_with_one_line_and_no_output(cifar_tiny, model_dir,
 # ------------------------------------------------------------------------------------------------- crash mid-write
 def test_crash_while_writing_outputs_leaves_nothing_finished(cifar_tiny, model_dir, tmp_path, monkeypatch):
     """A failure after the weights are written but before the card: the final folder never appears (or is intact)."""
-    purify = load_recipe("purify")
+    from hf_fst.scripts import purify
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -13,21 +13,17 @@ import pytest
 import torch
 from datasets import Dataset, load_dataset
 from safetensors.torch import save_file
+from shared_data import CIFAR
 from tiny_models import tiny_resnet
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_fst import FSTConfig, FSTTrainer, get_attack
 from hf_fst.attacks.streaming import poison_iterable_dataset, row_draws
-from hf_fst.data import (
-    ConfigurationError,
-    augmentation_epoch_callback,
-    build_transform,
-    collate_image_batch,
-    select_tuning_stream,
-)
+from hf_fst.errors import ConfigurationError
+from hf_fst.selection import select_tuning_stream
+from hf_fst.transforms import augmentation_epoch_callback, build_transform, collate_image_batch
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_fst.attacks.base import AttackConfig, Kind, scale_to, transient_field
+from hf_fst.console import progress
 
 __all__ = ["LCConfig", "checker_trigger"]
 
@@ -107,7 +108,8 @@ class LCConfig(AttackConfig):
         model.eval()
         out = np.empty_like(images)
         try:
-            for start in range(0, len(images), self.pgd_batch_size):
+            batches = range(0, len(images), self.pgd_batch_size)
+            for start in progress(batches, desc=f"LC: PGD on {len(images)} images", unit="batch"):
                 stop = start + self.pgd_batch_size
                 x0 = (
                     torch.as_tensor(np.array(images[start:stop], dtype=np.float32), device=device).permute(0, 3, 1, 2)

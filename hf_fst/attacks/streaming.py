@@ -27,7 +27,7 @@ import pyarrow as pa
 from datasets import ClassLabel, Image, IterableDataset, Value
 
 from hf_fst.attacks.base import AttackConfig
-from hf_fst.attacks.poison import COVER, NEW_COLUMNS, POISON, _check_rate, _transform_table
+from hf_fst.attacks.batches import COVER, NEW_COLUMNS, POISON, check_rate, transform_table
 from hf_fst.attacks.registry import get_attack
 from hf_fst.columns import resolve_columns
 
@@ -94,7 +94,7 @@ def _stream_batch(
     if not clean_label and poison.any():
         attack = get_attack(attack_config["name"], **{k: v for k, v in attack_config.items() if k != "name"})
         new_labels[kinds == POISON] = attack.target_labels(labels[poison], num_classes)
-    return _transform_table(
+    return transform_table(
         table,
         indices,
         attack_config=attack_config,
@@ -120,7 +120,7 @@ def poison_iterable_dataset(
     """Lazily poison a stream (see the module docstring for the per-row policy); returns an `IterableDataset`."""
     if not isinstance(dataset, IterableDataset):
         raise ValueError(f"dataset=: expected a datasets.IterableDataset, got {type(dataset).__name__}")
-    rate = _check_rate(poison_rate)
+    rate = check_rate(poison_rate)
     attack = get_attack(attack)
     if type(attack).prepare is not AttackConfig.prepare:
         raise ValueError(
@@ -203,7 +203,7 @@ def count_poisoned(
     One pass over the label column (no image is decoded), for reports and logs.
     """
     attack = get_attack(attack)
-    rate = _check_rate(poison_rate)
+    rate = check_rate(poison_rate)
     image_column, label_column = resolve_columns(dataset, image_column, label_column)
     total, offset = 0, 0
     for batch in dataset.select_columns([label_column]).iter(batch_size=1000):

@@ -21,8 +21,9 @@ from hf_fst.heads import find_linear_head, project_weight_norm_, reinitialize_li
 from hf_fst.tuning.card import trainer_model_card
 from hf_fst.tuning.config import FSTConfig
 from hf_fst.tuning.contract import repoint_optimizer
+from hf_fst.weights import FST_STATE_FILE
 
-FST_STATE_NAME = "fst_state.safetensors"
+FST_STATE_NAME = FST_STATE_FILE
 """File written next to each checkpoint with W0 and ||W0||, so a resumed run continues exactly."""
 
 

@@ -10,10 +10,9 @@ time goes into the model, not into the input pipeline.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import math
-import os
 import shutil
 import tempfile
 import time
@@ -24,180 +23,54 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from datasets import Dataset, load_dataset
 from transformers import (
     PreTrainedModel,
-    ResNetConfig,
-    ResNetForImageClassification,
-    ViTConfig,
-    ViTForImageClassification,
 )
 
 from hf_fst.attacks import backdoor_test_set, get_attack, poison_dataset
+from hf_fst.benchmark.architectures import MODELS, build_model, model_class_for
+from hf_fst.benchmark.records import append_record, read_records, record_key
+from hf_fst.benchmark.tensors import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    AugmentingCollator,
+    EvaluationSets,
+    TensorImages,
+    decode_images,
+)
 from hf_fst.columns import resolve_columns
-from hf_fst.metrics import attack_success_rate, clean_accuracy, robust_accuracy
+from hf_fst.console import progress_enabled
+from hf_fst.loading import load_image_dataset
 from hf_fst.tuning import TUNING_MODES, FSTConfig, FSTTrainer
 
 logger = logging.getLogger(__name__)
 
-DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-# Paper settings per data set: tuning epochs and FST alpha (CIFAR-10: 10 / 0.2; GTSRB: 15 / 0.1).
+# Hub id, input side and the paper's settings per data set (tuning epochs and FST alpha: CIFAR-10 10 / 0.2,
+# GTSRB 15 / 0.1). GTSRB images vary in size on the Hub; the benchmark resizes them to 32x32 as the paper does.
 DATASETS: dict[str, dict[str, Any]] = {
-    "cifar10": {"folder": "cifar10-jpeg", "tuning_epochs": 10, "fst_alpha": 0.2},
-    "gtsrb": {"folder": "gtsrb-32", "tuning_epochs": 15, "fst_alpha": 0.1},
+    "cifar10": {"hub_id": "uoft-cs/cifar10", "image_size": 32, "tuning_epochs": 10, "fst_alpha": 0.2},
+    "gtsrb": {"hub_id": "tanganke/gtsrb", "image_size": 32, "tuning_epochs": 15, "fst_alpha": 0.1},
 }
 
-RECORD_KEY = (
-    "dataset",
-    "model",
-    "attack",
-    "poison_rate",
-    "seed",
-    "tuning_mode",
-    "fst_alpha",
-    "num_tuning_samples",
-    "tuning_epochs",
-    "tuning_learning_rate",
-    "project_head_norm",
-    "backdoor_epochs",
-    "backdoor_learning_rate",
-    "num_train_images",
-    "backdoor_augment",
-    "tuning_augment",
-)
 
-PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
+def dataset_source(name: str, data_dir: str | None) -> str:
+    """Where data set `name` is read from: its Hub id, or with `data_dir` the folder `<data_dir>/<name>[-suffix]`.
 
-
-# name -> architecture keywords; ResNet widths are per stage, ViT patch 4 on 32x32 images (64 tokens).
-ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "resnet-s": {"embedding_size": 32, "hidden_sizes": [32, 64, 128, 256], "depths": [1, 1, 1, 1]},
-    "resnet-m": {
-        "embedding_size": 32, "hidden_sizes": [32, 64, 128, 256], "depths": [1, 1, 1, 1], "layer_type": "basic"
-    },
-    "resnet-18": {
-        "embedding_size": 64, "hidden_sizes": [64, 128, 256, 512], "depths": [2, 2, 2, 2], "layer_type": "basic"
-    },
-    "vit-s": {"patch_size": 4, "hidden_size": 192, "num_hidden_layers": 6, "num_attention_heads": 3,
-              "intermediate_size": 384},
-    "vit-t": {"patch_size": 4, "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-              "intermediate_size": 256},
-}  # fmt: skip
-MODELS = tuple(ARCHITECTURES)
-
-
-def build_model(name: str, num_labels: int, image_size: int, seed: int) -> PreTrainedModel:
-    """Benchmark architectures, randomly initialised with `seed`.
-
-    - `resnet-s`: HF ResNet, widths 32-64-128-256, one bottleneck block per stage (0.13M parameters); the
-      fastest on a CPU, but too small to learn a 0.5% backdoor (see BENCHMARKS.md).
-    - `resnet-m`: the same widths with basic blocks (1.2M parameters), about half as fast.
-    - `resnet-18`: the ResNet-18 layout (basic blocks, 64-128-256-512, two per stage).
-    - `vit-s`: 6 layers, width 192, patch 4.
-    - `vit-t`: 4 layers, width 128, patch 4; about 14x cheaper than `vit-s`, for CPU slices.
+    A suffix lets one folder hold variants such as `cifar10-jpeg`; exactly one folder must match.
     """
-    if name not in ARCHITECTURES:
-        raise ValueError(f"model={name!r} is not a benchmark model; use one of {', '.join(MODELS)}")
-    torch.manual_seed(seed)
-    if name.startswith("vit"):
-        config = ViTConfig(image_size=image_size, **ARCHITECTURES[name])
-    else:
-        config = ResNetConfig(**ARCHITECTURES[name])
-    config.num_labels = num_labels
-    config.id2label = {i: str(i) for i in range(num_labels)}
-    config.label2id = {v: k for k, v in config.id2label.items()}
-    return model_class_for(name)(config)
-
-
-def model_class_for(name: str) -> type[PreTrainedModel]:
-    return ViTForImageClassification if name.startswith("vit") else ResNetForImageClassification
-
-
-# ------------------------------------------------------------------------------------------------- data
-def decode_images(dataset: Dataset, image_column: str, batch_size: int = 2000) -> torch.Tensor:
-    """All images of `dataset` as one uint8 tensor (N, C, H, W), decoded in batches."""
-    chunks = []
-    for start in range(0, len(dataset), batch_size):
-        images = dataset[start : start + batch_size][image_column]
-        chunks.append(np.stack([np.asarray(image.convert("RGB")) for image in images]))
-    return torch.from_numpy(np.concatenate(chunks)).permute(0, 3, 1, 2).contiguous()
-
-
-class TensorImages(torch.utils.data.Dataset):
-    """Rows `{"pixel_values": uint8 CHW, "labels": int}` over tensors held in memory."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.images[index], "labels": self.labels[index]}
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div_(255.0).sub_(PIXEL_MEAN).div_(PIXEL_STD)
-
-
-class AugmentingCollator:
-    """Stacks uint8 rows, then random crop (zero padding) and horizontal flip for the whole batch at once."""
-
-    def __init__(self, padding: int = 4, augment: bool = True) -> None:
-        self.padding, self.augment = padding, augment
-
-    def __call__(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        images = torch.stack([row["pixel_values"] for row in rows])
-        labels = torch.stack([torch.as_tensor(row["labels"]) for row in rows])
-        if self.augment:
-            batch, _, height, width = images.shape
-            pad = self.padding
-            padded = F.pad(images, (pad, pad, pad, pad))
-            offsets = torch.randint(0, 2 * pad + 1, (2, batch))
-            rows_index = (offsets[0][:, None] + torch.arange(height))[:, None, :, None]
-            cols_index = (offsets[1][:, None] + torch.arange(width))[:, None, None, :]
-            images = padded[
-                torch.arange(batch)[:, None, None, None],
-                torch.arange(images.shape[1])[None, :, None, None],
-                rows_index,
-                cols_index,
-            ]
-            flip = torch.rand(batch) < 0.5
-            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-        return {"pixel_values": normalize(images), "labels": labels}
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 500) -> np.ndarray:
-    """Predicted class ids for uint8 images, in eval mode."""
-    was_training = model.training
-    model.eval()
-    predictions = [
-        model(pixel_values=normalize(images[start : start + batch_size])).logits.argmax(-1)
-        for start in range(0, len(images), batch_size)
-    ]
-    model.train(was_training)
-    return torch.cat(predictions).numpy()
-
-
-@dataclass
-class EvaluationSets:
-    clean_images: torch.Tensor
-    clean_labels: np.ndarray
-    backdoor_images: torch.Tensor
-    backdoor_labels: np.ndarray
-    backdoor_original_labels: np.ndarray
-
-    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        clean = predict(model, self.clean_images)
-        backdoor = predict(model, self.backdoor_images)
-        return {
-            "clean_accuracy": clean_accuracy(clean, self.clean_labels),
-            "attack_success_rate": attack_success_rate(backdoor, self.backdoor_labels),
-            "robust_accuracy": robust_accuracy(backdoor, self.backdoor_original_labels),
-        }
+    if data_dir is None:
+        return DATASETS[name]["hub_id"]
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"--data_dir={data_dir!r} is not a folder; pass a folder holding {name}/ (or drop it)")
+    found = [folder for folder in [root / name, *sorted(root.glob(f"{name}-*"))] if folder.is_dir()]
+    if len(found) != 1:
+        what = "no folder" if not found else f"{len(found)} folders ({', '.join(f.name for f in found)})"
+        raise ValueError(
+            f"--data_dir={data_dir!r}: {what} named {name} or {name}-*; keep exactly one, or drop --data_dir to load "
+            f"{DATASETS[name]['hub_id']} from the Hub"
+        )
+    return str(found[0])
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -211,7 +84,10 @@ class GridConfig:
     tuning_modes: list[str] = field(default_factory=lambda: list(TUNING_MODES))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     model: str = "resnet-s"
-    data_root: str = str(DATA_ROOT)
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Read data sets from <data_dir>/<name> (or <name>-*) instead of their Hub ids."},
+    )
     num_train_images: int | None = None
     num_test_images: int | None = None
     backdoor_epochs: int = 20
@@ -227,6 +103,7 @@ class GridConfig:
     project_head_norm: bool | None = None
     results_file: str = "benchmarks/results.jsonl"
     cache_dir: str = "benchmarks/cache"
+    disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bars (poisoning, training, ...)."})
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -245,25 +122,6 @@ class GridConfig:
 
 
 # ------------------------------------------------------------------------------------------------ runner
-def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def record_key(record: dict[str, Any]) -> tuple:
-    return tuple(json.dumps(record.get(k), sort_keys=True) for k in RECORD_KEY)
-
-
-def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Append one line and fsync, so a crash loses at most the run in progress."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        handle.write(json.dumps(record, sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 class GridRunner:
@@ -276,25 +134,27 @@ class GridRunner:
     # -- data
     def load(self, dataset_name: str) -> dict[str, Any]:
         if dataset_name not in self._data:
-            folder = Path(self.config.data_root) / DATASETS[dataset_name]["folder"]
-            if not folder.is_dir():
-                raise ValueError(f"data_root: {folder} does not exist; point --data_root at the shared data folder")
-            splits = load_dataset(str(folder))
+            source = dataset_source(dataset_name, self.config.data_dir)
+            arg_name = "--data_dir" if self.config.data_dir else "--datasets"
+            splits = load_image_dataset(source, arg_name=arg_name)
             train, test = splits["train"], splits["test"]
             if self.config.num_train_images:
                 train = train.shuffle(seed=1234).select(range(min(self.config.num_train_images, len(train))))
             if self.config.num_test_images:
                 test = test.shuffle(seed=1234).select(range(min(self.config.num_test_images, len(test))))
             image_column, label_column = resolve_columns(train)
+            size = DATASETS[dataset_name]["image_size"]
             self._data[dataset_name] = {
                 "train": train,
                 "test": test,
                 "image_column": image_column,
                 "label_column": label_column,
                 "num_labels": train.features[label_column].num_classes,
-                "train_images": decode_images(train, image_column),
+                "source": source,
+                "image_size": size,
+                "train_images": decode_images(train, image_column, size=size, desc=f"Decoding {dataset_name} train"),
                 "train_labels": torch.tensor(train[label_column]),
-                "test_images": decode_images(test, image_column),
+                "test_images": decode_images(test, image_column, size=size, desc=f"Decoding {dataset_name} test"),
                 "test_labels": np.asarray(test[label_column]),
             }
         return self._data[dataset_name]
@@ -319,7 +179,7 @@ class GridRunner:
             use_cpu=not torch.cuda.is_available(),
             save_strategy="no",
             report_to="none",
-            disable_tqdm=True,
+            disable_tqdm=self.config.disable_tqdm or not progress_enabled(),
             logging_strategy="no",
             dataloader_drop_last=False,
             **overrides,
@@ -338,6 +198,7 @@ class GridRunner:
         if (folder / "info.json").is_file():
             model = model_class_for(self.config.model).from_pretrained(folder, use_safetensors=True).eval()
             return model, json.loads((folder / "info.json").read_text())
+        logger.info("training %s (cached afterwards in %s)", key, folder)
         model, info = build()
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
@@ -351,7 +212,8 @@ class GridRunner:
     def _training_tag(self, data: dict[str, Any]) -> str:
         """What distinguishes one cached model's training from another's, for its folder name."""
         config = self.config
-        tag = f"e{config.backdoor_epochs}-lr{config.backdoor_learning_rate:g}-n{len(data['train'])}"
+        source = hashlib.sha1(data["source"].encode()).hexdigest()[:6]  # a Hub copy and a local one differ
+        tag = f"e{config.backdoor_epochs}-lr{config.backdoor_learning_rate:g}-n{len(data['train'])}-d{source}"
         return tag + ("-aug" if config.backdoor_augment else "")
 
     def clean_model(self, dataset_name: str, seed: int) -> PreTrainedModel:
@@ -389,7 +251,9 @@ class GridRunner:
         evaluation = EvaluationSets(
             clean_images=data["test_images"],
             clean_labels=data["test_labels"],
-            backdoor_images=decode_images(backdoor_test, data["image_column"]),
+            backdoor_images=decode_images(
+                backdoor_test, data["image_column"], size=data["image_size"], desc="Decoding backdoor test"
+            ),
             backdoor_labels=np.asarray(backdoor_test[data["label_column"]]),
             backdoor_original_labels=np.asarray(backdoor_test["original_label"]),
         )
@@ -397,7 +261,7 @@ class GridRunner:
 
         def build():
             poisoned = poison_dataset(data["train"], attack, rate, seed=seed)
-            images = decode_images(poisoned, data["image_column"])
+            images = decode_images(poisoned, data["image_column"], size=data["image_size"], desc="Decoding poisoned")
             labels = torch.tensor(poisoned[data["label_column"]])
             model = build_model(self.config.model, data["num_labels"], images.shape[-1], seed)
             start = time.perf_counter()
@@ -448,12 +312,14 @@ class GridRunner:
                 continue
             model, evaluation, info = self.backdoored_model(dataset_name, attack_name, rate, seed)
             for mode, record in pending:
+                logger.info("tuning %s %s %g seed %d with %s", dataset_name, attack_name, rate, seed, mode)
                 start = time.perf_counter()
                 tuned = self.tune(model, dataset_name, mode, seed, record["num_tuning_samples"], alpha)
                 record["tuning_seconds"] = round(time.perf_counter() - start, 3)
                 record.update({k: v for k, v in info.items() if k.startswith("before_")})
                 record.update(evaluation.evaluate(tuned))
                 record["num_poisoned"] = info["num_poisoned"]
+                record["dataset_source"] = self.load(dataset_name)["source"]
                 append_record(self.config.results_file, record)
                 written.append(record)
                 logger.info(
@@ -507,24 +373,6 @@ class GridRunner:
             "backdoor_augment": self.config.backdoor_augment,
             "tuning_augment": self.config.tuning_augment,
         }
-
-
-def summarize(records: list[dict[str, Any]]) -> dict[tuple, dict[str, float]]:
-    """Mean and sample standard deviation of the metrics per cell (all keys but the seed)."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for record in records:
-        key = tuple(record.get(k) for k in RECORD_KEY if k != "seed")
-        groups.setdefault(key, []).append(record)
-    summary = {}
-    for key, rows in groups.items():
-        stats: dict[str, float] = {"seeds": len(rows)}
-        for metric in ("clean_accuracy", "attack_success_rate", "robust_accuracy", "before_clean_accuracy",
-                       "before_attack_success_rate"):  # fmt: skip
-            values = np.array([r[metric] for r in rows], dtype=float)
-            stats[metric] = float(values.mean())
-            stats[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-        summary[key] = stats
-    return summary
 
 
 def config_dict(config: GridConfig) -> dict[str, Any]:

@@ -1,0 +1,122 @@
+"""Images held as one uint8 tensor, augmented and evaluated in whole batches.
+
+On a CPU the benchmark's time should go into the model, not into decoding JPEGs or per-image Python loops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from PIL import Image
+
+from hf_fst.console import progress
+from hf_fst.metrics import attack_success_rate, clean_accuracy, robust_accuracy
+
+__all__ = [
+    "AugmentingCollator",
+    "EvaluationSets",
+    "PIXEL_MEAN",
+    "PIXEL_STD",
+    "TensorImages",
+    "decode_images",
+    "normalize",
+    "predict",
+]
+
+
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
+
+
+def decode_images(
+    dataset: Dataset, image_column: str, batch_size: int = 2000, *, size: int | None = None, desc: str = "Decoding"
+) -> torch.Tensor:
+    """All images of `dataset` as one uint8 tensor (N, C, H, W), decoded in batches.
+
+    Images that are not `size` x `size` are resized (bilinear) to it; `size=None` needs images of one size.
+    """
+    chunks = []
+    for start in progress(range(0, len(dataset), batch_size), desc=desc, unit="batch"):
+        images = [image.convert("RGB") for image in dataset[start : start + batch_size][image_column]]
+        if size is not None:
+            images = [im if im.size == (size, size) else im.resize((size, size), Image.BILINEAR) for im in images]
+        chunks.append(np.stack([np.asarray(image) for image in images]))
+    return torch.from_numpy(np.concatenate(chunks)).permute(0, 3, 1, 2).contiguous()
+
+
+class TensorImages(torch.utils.data.Dataset):
+    """Rows `{"pixel_values": uint8 CHW, "labels": int}` over tensors held in memory."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.images[index], "labels": self.labels[index]}
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(255.0).sub_(PIXEL_MEAN).div_(PIXEL_STD)
+
+
+class AugmentingCollator:
+    """Stacks uint8 rows, then random crop (zero padding) and horizontal flip for the whole batch at once."""
+
+    def __init__(self, padding: int = 4, augment: bool = True) -> None:
+        self.padding, self.augment = padding, augment
+
+    def __call__(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        images = torch.stack([row["pixel_values"] for row in rows])
+        labels = torch.stack([torch.as_tensor(row["labels"]) for row in rows])
+        if self.augment:
+            batch, _, height, width = images.shape
+            pad = self.padding
+            padded = F.pad(images, (pad, pad, pad, pad))
+            offsets = torch.randint(0, 2 * pad + 1, (2, batch))
+            rows_index = (offsets[0][:, None] + torch.arange(height))[:, None, :, None]
+            cols_index = (offsets[1][:, None] + torch.arange(width))[:, None, None, :]
+            images = padded[
+                torch.arange(batch)[:, None, None, None],
+                torch.arange(images.shape[1])[None, :, None, None],
+                rows_index,
+                cols_index,
+            ]
+            flip = torch.rand(batch) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        return {"pixel_values": normalize(images), "labels": labels}
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 500) -> np.ndarray:
+    """Predicted class ids for uint8 images, in eval mode."""
+    was_training = model.training
+    model.eval()
+    predictions = [
+        model(pixel_values=normalize(images[start : start + batch_size])).logits.argmax(-1)
+        for start in progress(range(0, len(images), batch_size), desc="Evaluating", unit="batch")
+    ]
+    model.train(was_training)
+    return torch.cat(predictions).numpy()
+
+
+@dataclass
+class EvaluationSets:
+    clean_images: torch.Tensor
+    clean_labels: np.ndarray
+    backdoor_images: torch.Tensor
+    backdoor_labels: np.ndarray
+    backdoor_original_labels: np.ndarray
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        clean = predict(model, self.clean_images)
+        backdoor = predict(model, self.backdoor_images)
+        return {
+            "clean_accuracy": clean_accuracy(clean, self.clean_labels),
+            "attack_success_rate": attack_success_rate(backdoor, self.backdoor_labels),
+            "robust_accuracy": robust_accuracy(backdoor, self.backdoor_original_labels),
+        }

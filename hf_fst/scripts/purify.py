@@ -1,0 +1,327 @@
+"""Purify a possibly backdoored image classifier with FST (or a baseline tuning mode) and report before/after.
+
+    hf-fst purify --model_id ./backdoored --dataset_name uoft-cs/cifar10 \
+        --attack badnet --tuning_mode fst --fst_alpha 0.2 --output_dir ./purified
+    hf-fst purify --config purify.yaml --seed 1                 # YAML values as defaults, flags override them
+    accelerate launch --config_file recipes/accelerate_configs/cpu_2proc.yaml recipes/purify.py ... --use_cpu
+
+Every `TrainingArguments` flag works (`FSTConfig` is one), plus the data, model and attack flags below. The tuning
+set is drawn, seeded, from the clean training split; the input model is evaluated first (C-Acc, ASR, RA), then
+tuned, then evaluated again. `output_dir` gets the model (safetensors), its config with `id2label`, an image
+processor config, a README.md model card and `all_results.json`.
+Crash safety: checkpoints and outputs are written to `<output_dir>.partial` and renamed to `output_dir` only when
+everything is written; `--resume_from_checkpoint true` continues a killed run from its newest complete checkpoint.
+Weights load from safetensors only (`--allow_pickle_weights` is the dangerous opt-in). `--streaming --max_steps N`
+reads the training split as a stream. Exit status: 2 for bad input, 3 for a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import psutil
+import torch
+from transformers import set_seed
+
+from hf_fst import FSTConfig, FSTTrainer, backdoor_test_set, evaluate_backdoor
+from hf_fst.arguments import AttackArguments, DataArguments, ModelArguments, RecipeParser, recipe_parser
+from hf_fst.console import configure_console
+from hf_fst.errors import ConfigurationError
+from hf_fst.hub import format_table, get_token_or_raise, push_to_hub, redacted_command, render_model_card
+from hf_fst.loading import (
+    check_head,
+    get_split,
+    label_names,
+    load_classifier,
+    load_image_dataset,
+    load_image_processor,
+    resolve_columns_or_raise,
+)
+from hf_fst.metrics import predict
+from hf_fst.outputs import (
+    check_output_dir,
+    commit_output,
+    rank_line,
+    resolve_resume_checkpoint,
+    save_run_outputs,
+    stage_training_output,
+    training_summary,
+)
+from hf_fst.selection import materialize_stream, select_tuning_set, select_tuning_stream, take, training_dataset
+from hf_fst.transforms import augmentation_epoch_callback, build_transform, collate_image_batch, match_attack_to_model
+
+logger = logging.getLogger("hf_fst.purify")
+
+RESULT_KEYS = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
+
+
+@dataclass
+class PurifyArguments:
+    """How the tuning set is drawn."""
+
+    tuning_split_ratio: float = field(
+        default=0.02, metadata={"help": "Share of the clean training split used for tuning (paper: 0.02)."}
+    )
+    num_tuning_samples: int | None = field(
+        default=None, metadata={"help": "Exact tuning-set size; overrides --tuning_split_ratio."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.num_tuning_samples is None and not 0 < self.tuning_split_ratio <= 1:
+            raise ValueError(
+                f"--tuning_split_ratio={self.tuning_split_ratio} is out of range; pass a fraction in (0, 1]"
+            )
+        if self.num_tuning_samples is not None and self.num_tuning_samples <= 0:
+            raise ValueError(
+                f"--num_tuning_samples={self.num_tuning_samples} gives an empty tuning set; pass a positive number"
+            )
+
+
+def make_parser() -> RecipeParser:
+    """The command's parser: every `TrainingArguments` flag, the data, model and attack flags, and `--config`."""
+    parser = recipe_parser((DataArguments, ModelArguments, AttackArguments, PurifyArguments, FSTConfig))
+    return parser
+
+
+def parse_args(argv: list[str] | None = None):
+    return make_parser().parse(argv)
+
+
+@dataclass
+class PurifyRun:
+    """Everything `prepare` checked and loaded, ready to evaluate and tune."""
+
+    data_args: DataArguments
+    model_args: ModelArguments
+    attack_args: AttackArguments
+    purify_args: PurifyArguments
+    training_args: FSTConfig
+    push: bool
+    hub_token: str | None
+    names: list[str]
+    image_column: str
+    label_column: str
+    attack: object | None
+    model: torch.nn.Module
+    processor: object | None
+    test_split: object
+    tuning_set: object
+    num_tuning_samples: int
+    num_train_rows: int | None
+
+
+def prepare(argv: list[str] | None = None) -> PurifyRun:
+    """Parse, validate and load; any bad input raises `ConfigurationError` here, before training or writing."""
+    try:
+        data_args, model_args, attack_args, purify_args, training_args = parse_args(argv)
+        configure_console(disable_tqdm=training_args.disable_tqdm, log_level=training_args.log_level)
+        # Keep the token out of the arguments the Trainer logs and pickles; we push ourselves at the end.
+        hub_token, push = training_args.hub_token, training_args.push_to_hub
+        training_args.hub_token, training_args.push_to_hub = None, False
+        set_seed(training_args.seed)
+
+        # Cheap checks first.
+        check_output_dir(
+            training_args.output_dir, model_args.overwrite_output_dir, bool(training_args.resume_from_checkpoint)
+        )
+        training_args.resume_from_checkpoint = resolve_resume_checkpoint(
+            training_args.resume_from_checkpoint,
+            training_args.output_dir,
+            allow_pickle=model_args.allow_pickle_weights,
+        )
+        if data_args.streaming and training_args.max_steps <= 0:
+            raise ValueError(
+                "--streaming: a stream has no length, so the Trainer cannot count epochs; pass --max_steps N "
+                "(e.g. epochs * tuning-set size / batch size)"
+            )
+        if push:
+            hub_token = get_token_or_raise(hub_token)
+
+        raw = load_image_dataset(
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            cache_dir=model_args.cache_dir,
+            **({"streaming": True} if data_args.streaming else {}),
+        )
+        train_split = get_split(raw, data_args.train_split, arg_name="--train_split")
+        test_split = get_split(raw, data_args.test_split, arg_name="--test_split")
+        image_col, label_col = resolve_columns_or_raise(
+            train_split, data_args.image_column_name, data_args.label_column_name
+        )
+        names = label_names(train_split, label_col)
+        attack = None if attack_args.attack.strip().lower() == "none" else attack_args.build(len(names))
+
+        model = load_classifier(
+            model_args.model_id, cache_dir=model_args.cache_dir, allow_pickle=model_args.allow_pickle_weights
+        )
+        check_head(model, len(names), head_name=training_args.head_name)
+        processor = load_image_processor(model_args.model_id)
+        if attack is not None:
+            attack = match_attack_to_model(attack, model, processor, test_split, image_col)
+
+        if data_args.streaming:
+            # Stream the training rows; the (small) test split goes to an Arrow cache, written batch by batch.
+            if data_args.max_train_samples is not None:
+                train_split = train_split.take(data_args.max_train_samples)
+            test_split = take(
+                materialize_stream(test_split, image_col), data_args.max_eval_samples, training_args.seed
+            )
+            tuning_set, num_tuning = select_tuning_stream(
+                train_split,
+                ratio=purify_args.tuning_split_ratio,
+                num_samples=purify_args.num_tuning_samples,
+                seed=training_args.seed,
+            )
+            num_train_rows = None
+        else:
+            train_split = take(train_split, data_args.max_train_samples, training_args.seed)
+            test_split = take(test_split, data_args.max_eval_samples, training_args.seed)
+            tuning_set = select_tuning_set(
+                train_split,
+                ratio=purify_args.tuning_split_ratio,
+                num_samples=purify_args.num_tuning_samples,
+                seed=training_args.seed,
+            )
+            num_tuning, num_train_rows = len(tuning_set), len(train_split)
+    except ConfigurationError:
+        raise
+    except ValueError as err:
+        raise ConfigurationError(str(err)) from err
+    logger.info(
+        "tuning set: %d of %s training rows; mode %s", num_tuning, num_train_rows or "(streamed)",
+        training_args.tuning_mode,
+    )  # fmt: skip
+    return PurifyRun(
+        data_args, model_args, attack_args, purify_args, training_args, push, hub_token, names, image_col, label_col,
+        attack, model, processor, test_split, tuning_set, num_tuning, num_train_rows,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the recipe; returns the numbers written to `all_results.json`."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # Wall time per phase, logged at the end; start-up runs from process creation (interpreter and imports).
+    timings = {"startup": time.time() - psutil.Process().create_time()}
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[phase] = timings.get(phase, 0.0) + now - clock
+        clock = now
+
+    run = prepare(argv)
+    data_args, model_args, purify_args, training_args = (
+        run.data_args,
+        run.model_args,
+        run.purify_args,
+        run.training_args,
+    )
+    attack, model, processor, names = run.attack, run.model, run.processor, run.names
+    image_col, label_col, test_split, tuning_set = run.image_column, run.label_column, run.test_split, run.tuning_set
+
+    # ---- data
+    with training_args.main_process_first(desc="building the backdoor test set"):
+        backdoor_test = None if attack is None else backdoor_test_set(test_split, attack, image_col, label_col)
+    eval_transform = build_transform(model, processor, image_col, label_col, train=False)
+    train_transform = build_transform(
+        model,
+        processor,
+        image_col,
+        label_col,
+        train=True,
+        augment=data_args.augment,
+        horizontal_flip=data_args.horizontal_flip,
+        crop_padding=data_args.crop_padding,
+        seed=training_args.seed,
+    )
+    clean_eval = test_split.with_transform(eval_transform)
+    backdoor_eval = None if backdoor_test is None else backdoor_test.with_transform(eval_transform)
+    lap("data_preparation")  # argument checks, data set and model loading, tuning-set draw, backdoor test set
+
+    def measure(current: torch.nn.Module) -> dict:
+        current.to(training_args.device)
+        batch_size = training_args.per_device_eval_batch_size
+        if backdoor_eval is None:
+            predictions = predict(current, clean_eval, batch_size=batch_size)
+            accuracy = float(np.mean(predictions == np.asarray(test_split[label_col])))
+            return {"clean_accuracy": accuracy, "attack_success_rate": None, "robust_accuracy": None}
+        found = evaluate_backdoor(current, clean_eval, backdoor_eval, batch_size=batch_size)
+        return {key: float(found[key]) for key in RESULT_KEYS}
+
+    before = measure(model)
+    logger.info("before: %s", before)
+    lap("evaluation")
+
+    # ---- tune, writing checkpoints and outputs into <output_dir>.partial until everything is written
+    output_dir, staging = stage_training_output(training_args, overwrite=model_args.overwrite_output_dir)
+    trainer = FSTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=training_dataset(tuning_set, train_transform, data_args, training_args.seed),
+        data_collator=collate_image_batch,
+        callbacks=[augmentation_epoch_callback(train_transform)],
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    purified = trainer.accelerator.unwrap_model(trainer.model)
+    purified.eval()
+    lap("tuning")
+    after = measure(purified)
+    logger.info("after: %s", after)
+    lap("evaluation")
+
+    results = {key: after[key] for key in RESULT_KEYS}
+    results.update({f"before_{key}": before[key] for key in RESULT_KEYS})
+    results.update(
+        {
+            "tuning_mode": training_args.tuning_mode,
+            "fst_alpha": training_args.fst_alpha if training_args.tuning_mode == "fst" else None,
+            "num_tuning_samples": run.num_tuning_samples,
+            "train_loss": train_result.training_loss,
+            "seed": training_args.seed,
+            "attack": None if attack is None else attack.to_dict(),
+        }
+    )
+    print(rank_line(training_args, results, purified), flush=True)
+
+    # ---- save into the staging folder: the weights collectively, everything else from the main process
+    save_run_outputs(trainer, purified, processor, names, staging, results, test_split, image_col)
+    if trainer.is_world_process_zero():
+        world = training_args.world_size
+        repo_id = training_args.hub_model_id or output_dir.resolve().name
+        card = render_model_card(
+            before=before,
+            after=after,
+            model_name=repo_id.split("/")[-1],
+            base_model=model_args.model_id,
+            dataset_name=data_args.dataset_name,
+            dataset_config=data_args.dataset_config_name,
+            test_split=data_args.test_split,
+            train_split=data_args.train_split,
+            attack=None if attack is None else attack.to_dict(),
+            tuning_mode=training_args.tuning_mode,
+            fst_alpha=training_args.fst_alpha,
+            tuning_set_size=run.num_tuning_samples,
+            tuning_split_ratio=None if purify_args.num_tuning_samples else purify_args.tuning_split_ratio,
+            training=training_summary(training_args),
+            seed=training_args.seed,
+            command=redacted_command(
+                argv if argv is None else ["recipes/purify.py", *argv],
+                launcher=f"accelerate launch --num_processes {world}" if world > 1 else None,
+            ),
+            repo_id=repo_id,
+            label_names=names,
+        )
+        card.save(str(staging / "README.md"))
+        commit_output(staging, output_dir)  # the finished folder appears in one rename
+        print(format_table({"before": before, f"after ({training_args.tuning_mode})": after}), flush=True)
+        if run.push:
+            url = push_to_hub(output_dir, repo_id, token=run.hub_token, private=training_args.hub_private_repo)
+            logger.info("pushed to %s", url)
+    lap("saving")
+    logger.info("wall seconds: %s", json.dumps({k: round(v, 2) for k, v in timings.items()}))
+    return results
