@@ -35,6 +35,10 @@ _LAZY: dict[str, str] = {
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
+# The field's CIFAR architectures must be known to AutoConfig / AutoModelForImageClassification as soon as hf_fst is
+# imported, so that a folder holding one loads with the Auto classes.
+from hf_fst import models as _models  # noqa: E402, F401
+
 if TYPE_CHECKING:  # pragma: no cover
     from hf_fst.attacks import backdoor_test_set, get_attack, list_attacks, poison_dataset  # noqa: F401
     from hf_fst.heads import find_linear_head  # noqa: F401

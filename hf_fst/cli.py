@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "purify": ("hf_fst.scripts.purify", "Purify a possibly backdoored classifier with FST or a baseline."),
     "train-backdoor": ("hf_fst.scripts.train_backdoor", "Poison a data set and train a backdoored classifier on it."),
     "benchmark": ("hf_fst.scripts.benchmark", "Run the resumable benchmark grid (attacks x rates x seeds x modes)."),
+    "import-checkpoint": (
+        "hf_fst.scripts.import_checkpoint",
+        "Import a BackdoorBench or official-FST checkpoint as a transformers model.",
+    ),
 }
 """Subcommand -> (module with `main(argv)`, one-line description)."""
 

@@ -259,8 +259,19 @@ def augmentation_epoch_callback(transform: ImageClassificationTransform):
     return AugmentationEpochCallback()
 
 
-def default_image_processor(config: Any, image_size: tuple[int, int]):
-    """An image processor that reproduces the default preprocessing, saved next to models that came without one."""
+def default_image_processor(
+    config: Any,
+    image_size: tuple[int, int],
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    normalize: bool = True,
+):
+    """An image processor saved next to models that came without one: resize, scale to [0, 1], normalise.
+
+    The default normalisation is this toolkit's (0.5, 0.5); imported checkpoints pass their toolkit's `mean`/`std`,
+    or `normalize=False` for models trained on unnormalised pixels.
+    """
     try:
         from transformers import ViTImageProcessorPil as Processor
     except ImportError:  # older transformers, or a build where the PIL class has another name
@@ -271,9 +282,9 @@ def default_image_processor(config: Any, image_size: tuple[int, int]):
         do_resize=True,
         size={"height": int(image_size[0]), "width": int(image_size[1])},
         do_rescale=True,
-        do_normalize=True,
-        image_mean=[DEFAULT_IMAGE_MEAN] * channels,
-        image_std=[DEFAULT_IMAGE_STD] * channels,
+        do_normalize=normalize,
+        image_mean=list(mean) if mean is not None else [DEFAULT_IMAGE_MEAN] * channels,
+        image_std=list(std) if std is not None else [DEFAULT_IMAGE_STD] * channels,
     )
 
 

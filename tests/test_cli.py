@@ -63,7 +63,7 @@ def test_help_lists_every_subcommand(runner):
         done = cli("--help")
     assert done.returncode == 0, done.stderr
     listed = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")]
-    assert listed == ["purify", "train-backdoor", "benchmark", "env"]
+    assert listed == ["purify", "train-backdoor", "benchmark", "import-checkpoint", "env"]
 
 
 def test_subcommand_help_shows_its_flags_and_config():
@@ -77,7 +77,10 @@ def test_subcommand_help_shows_its_flags_and_config():
 def test_bad_subcommand_and_no_subcommand(capsys):
     assert main(["purfy"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: 'purfy' is not an hf-fst command; use one of purify, train-backdoor, benchmark, env"
+    assert (
+        err
+        == "error: 'purfy' is not an hf-fst command; use one of purify, train-backdoor, benchmark, import-checkpoint, env"
+    )
     assert main([]) == 2 and "usage: hf-fst" in capsys.readouterr().out
 
 
