@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
     models = {"backdoored": model}
     for mode in shift_args.modes:
-        models[mode] = runner.tune(model, dataset, mode, shift_args.seed, count, alpha)
+        models[mode] = runner.tune(model, dataset, mode, shift_args.seed, count, alpha).model
 
     labels = {"backdoored": "backdoored", "ft": "after FT", "lp": "after LP", "ft-init": "after FT-init",
               "fe-tuning": "after FE-tuning", "fst": f"after FST (alpha {alpha:g})"}  # fmt: skip

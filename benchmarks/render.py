@@ -1,6 +1,6 @@
-"""Render the grid section of BENCHMARKS.md, and its plots, from the raw records in benchmarks/results.jsonl.
+"""Render the grid section of BENCHMARKS.md, and its plots, from the raw records of the benchmark grids.
 
-    python benchmarks/render.py
+    python benchmarks/render.py   # benchmarks/results.jsonl and benchmarks/results/strong/*.jsonl
 
 Only the text between the `<!-- grid:begin -->` and `<!-- grid:end -->` markers is replaced, so the
 hand-written sections around it stay. Every number in that section is a mean over the seeds found in the
@@ -8,7 +8,8 @@ records, with the sample standard deviation after the +-; nothing is typed in by
 
 Which records go where:
 - the main tables: runs with the standard tuning settings of their data set (`MAIN_SETTINGS`, the paper's
-  alpha and epochs);
+  alpha and epochs), one set per data set, model and threat model (trained from scratch on poisoned data, or
+  a clean base with the backdoor implanted by fine-tuning);
 - the alpha sweep: fst runs of one cell that differ only in `fst_alpha`;
 - the tuning-set-size sweep: runs that differ only in `num_tuning_samples`.
 """
@@ -64,12 +65,30 @@ def paper_alpha(record: Record) -> float:
 
 
 def is_standard(record: Record) -> bool:
-    """Standard settings for its data set: the paper's epochs and, for fst, the paper's alpha."""
+    """Standard settings for its data set: the paper's epochs and, for fst, the paper's (raw) alpha."""
     if any(record.get(key) != value for key, value in MAIN_SETTINGS.items()):
         return False
     if record["tuning_epochs"] != DATASETS[record["dataset"]]["tuning_epochs"]:
         return False
-    return record["tuning_mode"] != "fst" or math.isclose(record["fst_alpha"], paper_alpha(record))
+    if record["tuning_mode"] != "fst":
+        return True
+    alpha = record["fst_alpha"]
+    return (
+        isinstance(alpha, float) and not record.get("normalize_fst_alpha") and math.isclose(alpha, paper_alpha(record))
+    )
+
+
+def regime(record: Record) -> str:
+    """How the backdoored model was made: from scratch on poisoned data, or a clean base fine-tuned on it."""
+    return "base" if record.get("base_training") else "scratch"
+
+
+def group_title(dataset: str, model: str, made: str) -> tuple[str, str]:
+    """(heading, file-name slug) of one data set, model and threat model."""
+    name = f"{DATASET_LABELS.get(dataset, dataset)}, {model}"
+    if made == "base":
+        return f"{name}, clean base + fine-tuned backdoor", f"{dataset}-{model}-base"
+    return name, f"{dataset}-{model}"
 
 
 def group(records: Iterable[Record], key: Callable[[Record], tuple]) -> dict[tuple, list[Record]]:
@@ -107,12 +126,26 @@ def setting_line(rows: list[Record], varying: str | None = None) -> str:
     first = rows[0]
     seeds = sorted({row["seed"] for row in rows})
     train = first.get("num_train_images") or "all"
+    augment = "on" if first["backdoor_augment"] else "off"
+    base = first.get("base_training")
+    if base:
+        made = (
+            f"Threat model: one clean base model ({first['model']}, {train} training images, {base['epochs']} "
+            f"epochs, lr {base['learning_rate']:g}, augmentation {augment}, seed {base['seed']}), each backdoor "
+            f"implanted by fine-tuning it on the poisoned training set for {first['backdoor_epochs']} epochs at lr "
+            f"{first['backdoor_learning_rate']:g} (augmentation {augment}). "
+        )
+    else:
+        made = (
+            f"Backdoor training: {first['model']}, {train} training images, {first['backdoor_epochs']} epochs, "
+            f"lr {first['backdoor_learning_rate']:g}, augmentation {augment}. "
+        )
     return (
-        f"Backdoor training: {first['model']}, {train} training images, {first['backdoor_epochs']} epochs, "
-        f"lr {first['backdoor_learning_rate']:g}, augmentation {'on' if first['backdoor_augment'] else 'off'}. "
-        "Tuning: "
+        made
+        + "Tuning: "
         + ("" if varying == "num_tuning_samples" else f"{first['num_tuning_samples']} clean images, ")
-        + f"{first['tuning_epochs']} epochs, lr {first['tuning_learning_rate']:g}"
+        + f"{first['tuning_epochs']} epochs, lr {first['tuning_learning_rate']:g}, "
+        + f"augmentation {'on' if first['tuning_augment'] else 'off'}"
         + ("" if varying == "fst_alpha" else f", fst alpha {paper_alpha(first):g}")
         + f". Seeds: {', '.join(map(str, seeds))}."
     )
@@ -223,6 +256,35 @@ def plot_modes(rows: list[Record], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_tradeoff(rows: list[Record], path: Path, title: str) -> None:
+    """C-Acc against ASR: one point per (attack, rate) cell and mode (mean over seeds), one marker per mode."""
+    modes = [m for m in MODE_ORDER if any(r["tuning_mode"] == m for r in rows)]
+    markers = dict(zip(["backdoored", *MODE_ORDER], "osv^DP", strict=False))
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    cells = group(rows, lambda r: (r["attack"], r["poison_rate"]))
+    series = {"backdoored": [(stats(unique_by_seed(c), "before_attack_success_rate")[0],
+                              stats(unique_by_seed(c), "before_clean_accuracy")[0]) for c in cells.values()]}  # fmt: skip
+    for mode in modes:
+        series[mode] = [
+            (stats(m, "attack_success_rate")[0], stats(m, "clean_accuracy")[0])
+            for c in cells.values()
+            if (m := [r for r in c if r["tuning_mode"] == mode])
+        ]
+    for index, (mode, points) in enumerate(series.items()):
+        xs, ys = zip(*points, strict=True) if points else ((), ())
+        ax.scatter(xs, ys, marker=markers.get(mode, "o"), s=36, color=plt.get_cmap("tab10")(index),
+                   label=MODE_LABELS.get(mode, mode))  # fmt: skip
+    ax.axvline(CLAIM_MAX_ASR * 100, color="black", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("ASR (%)")
+    ax.set_ylabel("C-Acc (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_sweep(groups: dict[str, list[Record]], field: str, path: Path, title: str, log_x: bool) -> None:
     """ASR and C-Acc (mean +- std over seeds) against `field`, one line per series in `groups`."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -251,14 +313,20 @@ def plot_sweep(groups: dict[str, list[Record]], field: str, path: Path, title: s
 
 
 def sweep_table(groups: dict[str, list[Record]], field: str, field_label: str) -> list[str]:
+    normalised = field == "fst_alpha" and any("fst_alpha_normalized" in r for rows in groups.values() for r in rows)
+    extra = " alpha x \\|\\|W0\\|\\|^2 |" if normalised else ""
     lines = [
-        f"| series | {field_label} | seeds | C-Acc (%) | ASR (%) | RA (%) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| series | {field_label} |{extra} seeds | C-Acc (%) | ASR (%) | RA (%) |",
+        "| --- | ---: |" + (" ---: |" if normalised else "") + " ---: | ---: | ---: | ---: |",
     ]
     for label, rows in groups.items():
         for (value,), value_rows in sorted(group(rows, lambda r: (r[field],)).items()):
+            strength = ""
+            if normalised:
+                values = [r["fst_alpha_normalized"] for r in value_rows if r.get("fst_alpha_normalized") is not None]
+                strength = f" {np.mean(values):.2f} |" if values else " - |"
             lines.append(
-                f"| {label} | {value:g} | {len(value_rows)} | {cell(value_rows, 'clean_accuracy')} | "
+                f"| {label} | {value:g} |{strength} {len(value_rows)} | {cell(value_rows, 'clean_accuracy')} | "
                 f"{cell(value_rows, 'attack_success_rate')} | {cell(value_rows, 'robust_accuracy')} |"
             )
     return lines
@@ -268,14 +336,18 @@ def sweep_table(groups: dict[str, list[Record]], field: str, field_label: str) -
 def sweep_series(records: list[Record], varying: str) -> dict[tuple, dict[str, list[Record]]]:
     """Sweeps over `varying`: per (data set, model, attack, rate) and mode, runs that differ only in `varying`."""
     fixed = [k for k in ("tuning_epochs", "tuning_learning_rate", "tuning_augment", "backdoor_epochs",
-                         "num_train_images", "fst_alpha", "num_tuning_samples") if k != varying]  # fmt: skip
+                         "num_train_images", "fst_alpha", "num_tuning_samples", "base_training", "backdoor_augment",
+                         "normalize_fst_alpha") if k != varying]  # fmt: skip
     found: dict[tuple, dict[str, list[Record]]] = {}
-    cells = group(records, lambda r: (r["dataset"], r["model"], r["attack"], r["poison_rate"], r["tuning_mode"]))
-    for (dataset, model, attack, rate, mode), rows in cells.items():
+    numeric = [r for r in records if isinstance(r.get(varying), (int, float))]
+    cells = group(
+        numeric, lambda r: (r["dataset"], r["model"], regime(r), r["attack"], r["poison_rate"], r["tuning_mode"])
+    )
+    for (dataset, model, made, attack, rate, mode), rows in cells.items():
         for setting_rows in group(rows, lambda r: tuple(json.dumps(r.get(k)) for k in fixed)).values():
             if len({r[varying] for r in setting_rows}) >= 4:
                 label = MODE_LABELS[mode] if varying != "fst_alpha" else "FST"
-                found.setdefault((dataset, model, attack, rate), {})[label] = setting_rows
+                found.setdefault((dataset, model, made, attack, rate), {})[label] = setting_rows
     return found
 
 
@@ -285,24 +357,28 @@ def render(records: list[Record], plot_dir: Path, link_dir: str = "benchmarks/pl
     rel = link_dir
     out = [
         BEGIN,
-        "<!-- Rendered by `python benchmarks/render.py` from benchmarks/results.jsonl; edits here are overwritten. -->",
+        "<!-- Rendered by `python benchmarks/render.py` from the grids' records; edits here are overwritten. -->",
         "",
-        f"{len(records)} tuning runs in `benchmarks/results.jsonl`. Every figure is mean ± sample standard "
+        f"{len(records)} tuning runs in `benchmarks/results.jsonl` and `benchmarks/results/strong/`. Every figure is "
+        "mean ± sample standard "
         "deviation over the seeds listed, in percent; C-Acc on the clean test split, ASR and RA on the "
         "test images of other classes with the trigger applied.",
         "",
     ]
     standard = [r for r in records if is_standard(r)]
     all_failures: list[str] = []
-    for (dataset, model), rows in sorted(group(standard, lambda r: (r["dataset"], r["model"])).items()):
-        name = f"{DATASET_LABELS.get(dataset, dataset)}, {model}"
-        slug = f"{dataset}-{model}"
+    for (dataset, model, made), rows in sorted(
+        group(standard, lambda r: (r["dataset"], r["model"], regime(r))).items()
+    ):
+        name, slug = group_title(dataset, model, made)
         out += [f"### {name}: every tuning mode", "", setting_line(rows), ""]
         out += ["ASR (%), lower is better:", "", *main_table(rows, "attack_success_rate"), ""]
         out += ["C-Acc (%):", "", *main_table(rows, "clean_accuracy"), ""]
         out += ["RA (%), higher is better:", "", *main_table(rows, "robust_accuracy"), ""]
         plot_modes(rows, plot_dir / f"modes-{slug}.png", f"{name}: ASR and C-Acc per tuning mode")
         out += [f"![ASR and C-Acc per mode, {name}]({rel}/modes-{slug}.png)", ""]
+        plot_tradeoff(rows, plot_dir / f"tradeoff-{slug}.png", f"{name}: C-Acc against ASR, one point per cell")
+        out += [f"![C-Acc against ASR per mode, {name}]({rel}/tradeoff-{slug}.png)", ""]
         claim, failures = claim_table(rows)
         if len(claim) > 2:
             if failures:
@@ -321,9 +397,10 @@ def render(records: list[Record], plot_dir: Path, link_dir: str = "benchmarks/pl
         ("fst_alpha", "alpha sweep", "fst_alpha", True),
         ("num_tuning_samples", "tuning-set-size sweep", "tuning images", True),
     ):
-        for (dataset, model, attack, rate), series in sorted(sweep_series(records, varying).items()):
-            name = f"{DATASET_LABELS.get(dataset, dataset)}, {model}, {ATTACK_LABELS.get(attack, attack)} {rate_label(rate)}"
-            slug = f"{varying}-{dataset}-{model}-{attack}-{rate:g}"
+        for (dataset, model, made, attack, rate), series in sorted(sweep_series(records, varying).items()):
+            group_name, group_slug = group_title(dataset, model, made)
+            name = f"{group_name}, {ATTACK_LABELS.get(attack, attack)} {rate_label(rate)}"
+            slug = f"{varying}-{group_slug}-{attack}-{rate:g}"
             out += [f"### {title[0].upper() + title[1:]}: {name}", ""]
             out += [setting_line([r for rows in series.values() for r in rows], varying), ""]
             plot_sweep(series, varying, plot_dir / f"{slug}.png", f"{title}: {name}", log_x)
@@ -334,11 +411,16 @@ def render(records: list[Record], plot_dir: Path, link_dir: str = "benchmarks/pl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results_file", default=str(ROOT / "benchmarks" / "results.jsonl"))
+    parser.add_argument(
+        "--results_file",
+        nargs="+",
+        default=[str(ROOT / "benchmarks" / "results.jsonl"),
+                 *map(str, sorted((ROOT / "benchmarks" / "results" / "strong").glob("*.jsonl")))],
+    )  # fmt: skip
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--plot_dir", default=str(ROOT / "benchmarks" / "plots"))
     args = parser.parse_args()
-    records = read_records(args.results_file)
+    records = [record for path in args.results_file for record in read_records(path)]
     if not records:
         raise SystemExit(f"error: --results_file {args.results_file} has no records; run recipes/benchmark.py first")
     markdown = Path(args.markdown)

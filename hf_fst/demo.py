@@ -5,8 +5,10 @@
 
 It uses scikit-learn's `load_digits` (1,797 8x8 grey images, shipped with scikit-learn), poisons a share of the
 training split with BadNet (a 3x3 white square in the bottom-right corner, target class 0), trains a small ResNet on
-it, then tunes one copy with vanilla fine-tuning (FT) and another with Feature Shift Tuning (FST), same loop, same
-clean tuning set, and prints C-Acc / ASR / RA for the three. The FST checkpoint is written with its model card.
+it, then tunes copies with vanilla fine-tuning (FT), with Feature Shift Tuning at a fixed alpha (FST, the paper's
+way), and with FST at the strength a 2-point clean-accuracy budget allows (`fst_alpha="auto"`, the recommended way:
+it needs no knowledge of the attack), same loop, same clean tuning set, and prints C-Acc / ASR / RA for all four.
+The budgeted FST checkpoint is written with its model card.
 The data set is tiny, so the tuning set is 20% of its training split (the paper uses 2% of CIFAR-10's 50,000).
 """
 
@@ -99,6 +101,7 @@ def run_demo(
     target_label: int = 0,
     tuning_ratio: float = 0.2,
     fst_alpha: float = 0.1,
+    max_accuracy_drop: float = 0.02,
     backdoor_epochs: int = 30,
     tuning_epochs: int = 20,
     tuning_lr: float = 0.01,
@@ -108,7 +111,10 @@ def run_demo(
     num_threads: int | None = 1,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """Run the whole demo and return `{"backdoored": {...}, "ft": {...}, "fst": {...}}` (fractions)."""
+    """Run the whole demo and return `{"backdoored": {...}, "ft": {...}, "fst": {...}, "fst_auto": {...}}` (fractions).
+
+    `fst_auto` also holds `fst_alpha` (paper units) and `fst_alpha_search` (what the budgeted search tried).
+    """
     import torch
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
@@ -119,6 +125,7 @@ def run_demo(
     from hf_fst.hub import format_table, render_model_card
     from hf_fst.selection import select_tuning_set
     from hf_fst.transforms import build_transform, collate_image_batch, default_image_processor
+    from hf_fst.tuning.search import describe_search, strength_record
 
     start = time.perf_counter()
     out = Path(output_dir)
@@ -169,7 +176,7 @@ def run_demo(
     def measure(m) -> dict[str, float]:
         return {k: float(v) for k, v in evaluate_backdoor(m, clean_eval, backdoor_eval, device="cpu").items()}
 
-    print(f"[1/3] training the backdoored model ({backdoor_epochs} epochs)", flush=True)
+    print(f"[1/4] training the backdoored model ({backdoor_epochs} epochs)", flush=True)
     backdoor_args = config(
         "backdoored",
         tuning_mode="ft",
@@ -181,50 +188,73 @@ def run_demo(
     backdoored = _train(model, backdoor_args, poisoned.with_transform(train_tf), collate_image_batch).model
     results = {"backdoored": measure(backdoored)}
 
-    checkpoints = {}
-    for step, mode in ((2, "ft"), (3, "fst")):
-        print(f"[{step}/3] purifying with {mode.upper()} ({tuning_epochs} epochs on {len(tuning)} images)", flush=True)
+    checkpoints, trainers = {}, {}
+    runs = (
+        ("ft", "FT", {"tuning_mode": "ft"}),
+        ("fst", f"FST with alpha {fst_alpha:g}", {"tuning_mode": "fst", "fst_alpha": fst_alpha}),
+        ("fst_auto", f"FST within a {100 * max_accuracy_drop:g}-point budget (auto)",
+         {"tuning_mode": "fst", "fst_alpha": "auto", "max_accuracy_drop": max_accuracy_drop}),
+    )  # fmt: skip
+    for step, (name, title, settings) in enumerate(runs, start=2):
+        print(f"[{step}/4] purifying with {title} ({tuning_epochs} epochs on {len(tuning)} images)", flush=True)
         args = config(
-            mode,
-            tuning_mode=mode,
-            fst_alpha=fst_alpha,
+            name,
+            **settings,
             num_train_epochs=tuning_epochs,
             learning_rate=tuning_lr,
             per_device_train_batch_size=min(128, len(tuning)),
         )
-        checkpoints[mode] = _train(backdoored, args, tuning.with_transform(train_tf), collate_image_batch).model
-        results[mode] = measure(checkpoints[mode])
+        trainers[name] = _train(backdoored, args, tuning.with_transform(train_tf), collate_image_batch)
+        checkpoints[name] = trainers[name].model
+        results[name] = measure(checkpoints[name])
+    strength = strength_record(trainers["fst_auto"])
 
     elapsed = time.perf_counter() - start
     print()
-    print(format_table({"backdoored": results["backdoored"], "FT": results["ft"], "FST": results["fst"]}))
+    print(format_table({
+        "backdoored": results["backdoored"], "FT": results["ft"], "FST": results["fst"], "FST auto": results["fst_auto"]
+    }))  # fmt: skip
     print(
         f"(percent; C-Acc on {len(data['test'])} clean test images, ASR and RA on {len(backdoor_test)} triggered ones)"
     )
 
-    # The purified (FST) checkpoint with its card, plus the backdoored model it came from.
+    print(
+        f"(FST: the paper's fixed alpha {fst_alpha:g}; FST auto: alpha {strength['fst_alpha']:.3g} chosen on held-out "
+        f"clean tuning images for at most {100 * max_accuracy_drop:g} points of clean accuracy, no attack knowledge)"
+    )
+    results["fst_auto"].update(strength)
+
+    # The purified (budgeted FST) checkpoint with its card, plus the backdoored model it came from.
     shutil.rmtree(out / "runs", ignore_errors=True)
     processor = default_image_processor(backdoored.config, (8, 8))
-    for name, trained in (("backdoored", backdoored), ("purified", checkpoints["fst"])):
+    for name, trained in (("backdoored", backdoored), ("purified", checkpoints["fst_auto"])):
         trained.save_pretrained(out / name)
         processor.save_pretrained(out / name)
-    after = results["fst"]
+    after = {k: results["fst_auto"][k] for k in results["backdoored"]}
     (out / "purified" / "all_results.json").write_text(
         json.dumps(
-            {**after, **{f"before_{k}": v for k, v in results["backdoored"].items()}, "tuning_mode": "fst"}, indent=2
+            {
+                **after,
+                **{f"before_{k}": v for k, v in results["backdoored"].items()},
+                "tuning_mode": "fst",
+                **strength,
+            },
+            indent=2,
         )
         + "\n"
     )
     card = render_model_card(
         before=results["backdoored"],
         after=after,
-        model_name="digits-resnet-badnet-fst",
+        model_name="digits-resnet-badnet-fst-auto",
         base_model=str(out / "backdoored"),
         dataset_name="sklearn-digits",
         attack=attack.to_dict(),
         poison_rate=poison_rate,
         tuning_mode="fst",
-        fst_alpha=fst_alpha,
+        fst_alpha=strength["fst_alpha"],
+        fst_alpha_normalized=strength["fst_alpha_normalized"],
+        fst_alpha_choice=describe_search(strength["fst_alpha_search"]),
         tuning_set_size=len(tuning),
         tuning_split_ratio=tuning_ratio,
         training={
@@ -253,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poison_rate", type=float, default=0.05)
     parser.add_argument("--target_label", type=int, default=0)
     parser.add_argument("--tuning_ratio", type=float, default=0.2, help="share of the clean training split to tune on")
-    parser.add_argument("--fst_alpha", type=float, default=0.1)
+    parser.add_argument("--fst_alpha", type=float, default=0.1, help="alpha of the fixed-alpha FST run")
+    parser.add_argument("--max_accuracy_drop", type=float, default=0.02, help="budget of the auto FST run")
     parser.add_argument("--backdoor_epochs", type=int, default=30)
     parser.add_argument("--tuning_epochs", type=int, default=20)
     parser.add_argument("--tuning_lr", type=float, default=0.01)
@@ -269,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             target_label=args.target_label,
             tuning_ratio=args.tuning_ratio,
             fst_alpha=args.fst_alpha,
+            max_accuracy_drop=args.max_accuracy_drop,
             backdoor_epochs=args.backdoor_epochs,
             tuning_epochs=args.tuning_epochs,
             tuning_lr=args.tuning_lr,

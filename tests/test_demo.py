@@ -19,25 +19,40 @@ def test_digits_dataset_is_stratified_8x8():
     assert min(counts) >= 43 and max(counts) <= 46
 
 
-def test_demo_end_to_end_short(tmp_path, capsys):
+def test_demo_end_to_end(tmp_path, capsys):
+    """The README's main command at its defaults (about 10 s): the numbers show what each mode does."""
     out = tmp_path / "demo"
-    summary = run_demo(str(out), backdoor_epochs=4, tuning_epochs=2, progress=False, command="python -m hf_fst.demo")
+    summary = run_demo(str(out), progress=False, command="python -m hf_fst.demo")
     printed = capsys.readouterr().out
-    assert "metric" in printed and "backdoored" in printed and "FT" in printed and "FST" in printed
+    assert "metric" in printed and "FST auto" in printed and "no attack knowledge" in printed
     for name in ("backdoored", "ft", "fst"):
         assert set(summary[name]) == {"clean_accuracy", "attack_success_rate", "robust_accuracy"}
-    # Even 4 epochs learn the digits well above chance (10%).
-    assert summary["backdoored"]["clean_accuracy"] > 0.5
+    before, ft, fst, auto = (summary[k] for k in ("backdoored", "ft", "fst", "fst_auto"))
+    # The backdoor implants (run here: 92.4% C-Acc, 99.5% ASR) and survives vanilla fine-tuning (85.7% ASR) ...
+    assert before["clean_accuracy"] > 0.85 and before["attack_success_rate"] > 0.9
+    assert ft["attack_success_rate"] > 0.5
+    # ... paper FST at alpha 0.1 removes it (0.0%) at a price in clean accuracy (85.6%) ...
+    assert fst["attack_success_rate"] < 0.05 and fst["clean_accuracy"] < before["clean_accuracy"] - 0.02
+    # ... and the 2-point budget keeps clean accuracy within budget + 1 point (91.6%) while removing most of it (12.6%).
+    assert auto["clean_accuracy"] >= before["clean_accuracy"] - 0.03
+    assert auto["attack_success_rate"] < ft["attack_success_rate"] / 2
+    search = auto["fst_alpha_search"]
+    floor = search["baseline_accuracy"] - search["max_accuracy_drop"]
+    assert len(search["tries"]) == 3 and search["validation_size"] == 54
+    assert all(t["within_budget"] == (t["validation_accuracy"] >= floor) for t in search["tries"])
+    assert auto["fst_alpha"] == pytest.approx(search["chosen"] / search["head_norm_squared"])
     assert summary["tuning_set_size"] == 269
     purified = out / "purified"
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "all_results.json"} <= {
         p.name for p in purified.iterdir()
     }
     results = json.loads((purified / "all_results.json").read_text())
-    assert results["attack_success_rate"] == summary["fst"]["attack_success_rate"]
+    assert results["attack_success_rate"] == auto["attack_success_rate"]
+    assert results["fst_alpha_search"] == search and results["fst_alpha"] == auto["fst_alpha"]
     assert results["before_attack_success_rate"] == summary["backdoored"]["attack_success_rate"]
     card = ModelCard.load(purified / "README.md")
     assert len(card.data.eval_results) == 6 and "python -m hf_fst.demo" in card.text
+    assert "chosen without attack knowledge" in card.text and f"{search['chosen']:g}" in card.text
     # transformers' own pipeline runs the checkpoint on the digits (mode L, and RGB) at the accuracy the card reports.
     reported = {r.metric_type: r.metric_value for r in card.data.eval_results}["clean_accuracy_after"]
     classify = pipeline("image-classification", model=str(purified), device="cpu")

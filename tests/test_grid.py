@@ -105,3 +105,67 @@ def test_data_sets_come_from_the_hub_unless_a_data_dir_is_given(tmp_path):
         dataset_source("cifar10", str(tmp_path))
     with pytest.raises(ValueError, match="is not a folder"):
         dataset_source("cifar10", str(tmp_path / "missing"))
+
+
+def test_crop_only_augmentation_never_mirrors():
+    torch.manual_seed(0)
+    image = torch.arange(3 * 8 * 8, dtype=torch.uint8).view(3, 8, 8)
+    pixels = ((AugmentingCollator(padding=2, flip=False)([{"pixel_values": image, "labels": 1}] * 64)["pixel_values"]
+               * 0.5 + 0.5) * 255).round()  # fmt: skip
+    padded = torch.nn.functional.pad(image.float(), (2, 2, 2, 2))
+    windows = [padded[:, dy : dy + 8, dx : dx + 8] for dy in range(5) for dx in range(5)]
+    assert all(any(torch.equal(w, out) for w in windows) for out in pixels)
+    assert len({next(i for i, w in enumerate(windows) if torch.equal(w, out)) for out in pixels}) > 10
+
+
+def test_tuning_augmentation_follows_the_backdoor_training_unless_set():
+    assert GridConfig().tuning_augment is False
+    assert GridConfig(backdoor_augment=True).tuning_augment is True
+    assert GridConfig(backdoor_augment=False, tuning_augment=True).tuning_augment is True
+    with pytest.raises(ValueError, match="base_epochs: 0 must be >= 1"):
+        GridConfig(base_epochs=0)
+    with pytest.raises(ValueError, match="fst_alpha='x' must be a finite number >= 0 or 'auto'"):
+        GridConfig(fst_alpha="x")
+    assert GridConfig(fst_alpha="AUTO").fst_alpha == "auto"
+
+
+@needs_cifar
+def test_grid_second_threat_model_and_strength_records(tmp_path):
+    """One clean base, backdoors implanted by fine-tuning it; every record says so and carries the strengths."""
+    config = GridConfig(
+        data_dir=str(DATA_DIR),
+        attacks=["badnet", "blended"],
+        poison_rates=[0.1],
+        tuning_modes=["ft", "fst"],
+        seeds=[0],
+        model="preact-resnet-18-w0.25",
+        num_train_images=300,
+        num_test_images=100,
+        base_epochs=1,
+        backdoor_epochs=1,
+        backdoor_learning_rate=0.01,
+        backdoor_augment=True,
+        num_tuning_samples=60,
+        tuning_epochs=1,
+        fst_alpha="auto",
+        max_accuracy_drop=0.05,
+        results_file=str(tmp_path / "results.jsonl"),
+        cache_dir=str(tmp_path / "cache"),
+        disable_tqdm=True,
+    )
+    records = GridRunner(config).run()
+    assert len(records) == 4
+    cached = sorted(p.name for p in Path(config.cache_dir).iterdir())
+    assert len(cached) == 3 and sum("-clean-" in name for name in cached) == 1  # one base for both attacks
+    base = [name for name in cached if "-clean-" in name][0]
+    assert all(name.endswith(base.split("-clean-s0-")[1]) for name in cached)
+    for record in records:
+        assert record["base_training"] == {"epochs": 1, "learning_rate": 0.05, "seed": 0}
+        assert record["tuning_augment"] is True and record["device"] == "cpu"
+        assert record["head_weight_norm_squared"] > 0
+    ft, fst = records[0], records[1]
+    assert ft["fst_alpha"] is None and ft["fst_alpha_normalized"] is None and ft["max_accuracy_drop"] is None
+    assert fst["fst_alpha"] == "auto" and fst["max_accuracy_drop"] == 0.05
+    search = fst["fst_alpha_search"]
+    assert len(search["tries"]) == 3 and fst["fst_alpha_normalized"] == pytest.approx(search["chosen"])
+    assert fst["fst_alpha_effective"] == pytest.approx(search["chosen"] / fst["head_weight_norm_squared"], rel=1e-4)

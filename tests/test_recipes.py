@@ -137,6 +137,25 @@ def test_purify_reports_before_and_after(backdoored, cifar_small, tmp_path, capl
     assert all(seconds > 0 for seconds in phases.values())
 
 
+def test_purify_with_an_accuracy_budget_records_the_search(backdoored, cifar_small, tmp_path):
+    out = tmp_path / "auto"
+    results = load_recipe("purify").main(
+        [
+            "--dataset_name", str(cifar_small), "--model_id", str(backdoored), "--attack", "badnet",
+            "--fst_alpha", "auto", "--max_accuracy_drop", "0.05", "--tuning_split_ratio", "0.1",
+            "--num_train_epochs", "1", "--per_device_train_batch_size", "20", "--output_dir", str(out), "--seed", "1",
+            *FAST,
+        ]
+    )  # fmt: skip
+    saved = json.loads((out / "all_results.json").read_text())
+    search = saved["fst_alpha_search"]
+    assert search["max_accuracy_drop"] == 0.05 and 4 <= search["validation_size"] <= 12 and len(search["tries"]) == 3
+    assert saved["fst_alpha"] == pytest.approx(search["chosen_alpha"]) == pytest.approx(results["fst_alpha"])
+    assert saved["fst_alpha_normalized"] == pytest.approx(search["chosen"])
+    card = ModelCard.load(out / "README.md").text
+    assert "chosen without attack knowledge" in card and f"alpha = {saved['fst_alpha']:.4g}" in card
+
+
 def bad(cifar_small: Path, model: Path, out: Path, **flags: str) -> list[str]:
     args = {"--dataset_name": str(cifar_small), "--model_id": str(model), "--output_dir": str(out)}
     args.update(flags)

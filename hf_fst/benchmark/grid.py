@@ -1,7 +1,9 @@
 """A resumable experiment grid: data sets x attacks x poisoning rates x seeds x tuning modes.
 
 Each backdoored model is trained once per (data set, model, attack, rate, seed) and cached, then every
-tuning mode starts from it. Each finished tuning run appends one JSON line to the results file; a cell
+tuning mode starts from it. Two threat models: by default each backdoored model is trained from scratch on
+poisoned data (the paper's); with `base_epochs` one clean base model per data set is trained once and each
+backdoor is implanted by fine-tuning it on poisoned data (cheaper, and labelled as such in every record). Each finished tuning run appends one JSON line to the results file; a cell
 whose record is already there is skipped, so an interrupted grid continues where it stopped.
 
 Images are decoded once into uint8 tensors and augmented in batches in torch, so that on a CPU the
@@ -10,6 +12,7 @@ time goes into the model, not into the input pipeline.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -40,16 +43,20 @@ from hf_fst.benchmark.tensors import (
 )
 from hf_fst.columns import resolve_columns
 from hf_fst.console import progress_enabled
+from hf_fst.heads import find_linear_head
 from hf_fst.loading import load_image_dataset
 from hf_fst.tuning import TUNING_MODES, FSTConfig, FSTTrainer
+from hf_fst.tuning.config import parse_fst_alpha
+from hf_fst.tuning.search import strength_record
 
 logger = logging.getLogger(__name__)
 
-# Hub id, input side and the paper's settings per data set (tuning epochs and FST alpha: CIFAR-10 10 / 0.2,
-# GTSRB 15 / 0.1). GTSRB images vary in size on the Hub; the benchmark resizes them to 32x32 as the paper does.
+# Hub id, input side, the paper's settings per data set (tuning epochs and FST alpha: CIFAR-10 10 / 0.2, GTSRB
+# 15 / 0.1) and its augmentation (crop and flip on CIFAR-10; crop only on GTSRB, whose signs are not symmetric).
+# GTSRB images vary in size on the Hub; the benchmark resizes them to 32x32 as the paper does.
 DATASETS: dict[str, dict[str, Any]] = {
-    "cifar10": {"hub_id": "uoft-cs/cifar10", "image_size": 32, "tuning_epochs": 10, "fst_alpha": 0.2},
-    "gtsrb": {"hub_id": "tanganke/gtsrb", "image_size": 32, "tuning_epochs": 15, "fst_alpha": 0.1},
+    "cifar10": {"hub_id": "uoft-cs/cifar10", "image_size": 32, "tuning_epochs": 10, "fst_alpha": 0.2, "flip": True},
+    "gtsrb": {"hub_id": "tanganke/gtsrb", "image_size": 32, "tuning_epochs": 15, "fst_alpha": 0.1, "flip": False},
 }
 
 
@@ -94,15 +101,38 @@ class GridConfig:
     backdoor_learning_rate: float = 0.05
     backdoor_batch_size: int = 128
     backdoor_augment: bool = False
-    tuning_augment: bool = True
+    tuning_augment: bool | None = field(
+        default=None,
+        metadata={"help": "Augment the tuning runs; default: as the backdoored model was trained (backdoor_augment)."},
+    )
+    base_epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "Second threat model: train one clean base model per data set for this many epochs, then implant "
+            "each backdoor by fine-tuning it for backdoor_epochs at backdoor_learning_rate. Default: from scratch."
+        },
+    )
+    base_learning_rate: float = 0.05
+    base_seed: int = 0
     tuning_ratio: float = 0.02
     num_tuning_samples: int | None = None
     tuning_epochs: int | None = None
     tuning_learning_rate: float = 0.01
-    fst_alpha: float | None = None
+    fst_alpha: float | str | None = field(
+        default=None,
+        metadata={"help": "FST alpha, or 'auto' to choose it within max_accuracy_drop; default: the paper's value."},
+    )
+    normalize_fst_alpha: bool = field(
+        default=False, metadata={"help": "Read fst_alpha as a scale-free strength (alpha x ||W0||^2)."}
+    )
+    max_accuracy_drop: float = field(default=0.02, metadata={"help": "With fst_alpha auto: the accuracy budget."})
     project_head_norm: bool | None = None
     results_file: str = "benchmarks/results.jsonl"
     cache_dir: str = "benchmarks/cache"
+    kept_models_dir: str | None = field(
+        default="benchmarks/models",
+        metadata={"help": "Read-only folder of kept models (e.g. a committed clean base), looked up before cache_dir."},
+    )
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bars (poisoning, training, ...)."})
 
     def __post_init__(self) -> None:
@@ -119,6 +149,21 @@ class GridConfig:
                 raise ValueError(f"poison_rates: {rate} is outside (0, 1]")
         for attack in self.attacks:
             get_attack(attack)  # fails early with the list of registered attacks
+        if self.base_epochs is not None and self.base_epochs < 1:
+            raise ValueError(f"base_epochs: {self.base_epochs} must be >= 1 (or unset to train from scratch)")
+        if self.fst_alpha is not None:
+            self.fst_alpha = parse_fst_alpha(self.fst_alpha)
+        if not 0 < self.max_accuracy_drop < 1:
+            raise ValueError(f"max_accuracy_drop: {self.max_accuracy_drop} must be a fraction in (0, 1), e.g. 0.02")
+        if self.tuning_augment is None:
+            self.tuning_augment = self.backdoor_augment
+
+    @property
+    def base_training(self) -> dict[str, Any] | None:
+        """How the clean base model was trained, or None when backdoored models are trained from scratch."""
+        if self.base_epochs is None:
+            return None
+        return {"epochs": self.base_epochs, "learning_rate": self.base_learning_rate, "seed": self.base_seed}
 
 
 # ------------------------------------------------------------------------------------------------ runner
@@ -159,7 +204,7 @@ class GridRunner:
             }
         return self._data[dataset_name]
 
-    def settings(self, dataset_name: str) -> tuple[int, float]:
+    def settings(self, dataset_name: str) -> tuple[int, float | str]:
         paper = DATASETS[dataset_name]
         epochs = self.config.tuning_epochs or paper["tuning_epochs"]
         alpha = self.config.fst_alpha if self.config.fst_alpha is not None else paper["fst_alpha"]
@@ -167,8 +212,8 @@ class GridRunner:
 
     # -- models
     def _train(
-        self, model, images, labels, epochs, learning_rate, seed, output_dir, augment, **overrides
-    ) -> PreTrainedModel:
+        self, model, images, labels, epochs, learning_rate, seed, output_dir, augment, flip, **overrides
+    ) -> FSTTrainer:
         args = FSTConfig(
             output_dir=output_dir,
             tuning_mode=overrides.pop("tuning_mode", "ft"),
@@ -188,13 +233,17 @@ class GridRunner:
             model=model,
             args=args,
             train_dataset=TensorImages(images, labels),
-            data_collator=AugmentingCollator(augment=augment),
+            data_collator=AugmentingCollator(augment=augment, flip=flip),
         )
         trainer.train()
-        return trainer.model.cpu().eval()
+        trainer.model.cpu().eval()
+        return trainer
 
     def _cached(self, key: str, build) -> tuple[PreTrainedModel, dict[str, Any]]:
         folder = Path(self.config.cache_dir) / key
+        kept = Path(self.config.kept_models_dir) / key if self.config.kept_models_dir else None
+        if kept is not None and (kept / "info.json").is_file():
+            folder = kept
         if (folder / "info.json").is_file():
             model = model_class_for(self.config.model).from_pretrained(folder, use_safetensors=True).eval()
             return model, json.loads((folder / "info.json").read_text())
@@ -214,28 +263,49 @@ class GridRunner:
         config = self.config
         source = hashlib.sha1(data["source"].encode()).hexdigest()[:6]  # a Hub copy and a local one differ
         tag = f"e{config.backdoor_epochs}-lr{config.backdoor_learning_rate:g}-n{len(data['train'])}-d{source}"
+        tag += "-aug" if config.backdoor_augment else ""
+        return tag + (f"-{self._base_tag(data)}" if config.base_epochs else "")
+
+    def _base_tag(self, data: dict[str, Any]) -> str:
+        config = self.config
+        source = hashlib.sha1(data["source"].encode()).hexdigest()[:6]
+        tag = f"base-e{config.base_epochs}-lr{config.base_learning_rate:g}-n{len(data['train'])}-d{source}"
         return tag + ("-aug" if config.backdoor_augment else "")
 
     def clean_model(self, dataset_name: str, seed: int) -> PreTrainedModel:
-        """A model trained on clean data (the LC attack needs one for its perturbation)."""
+        """A model trained on clean data: the LC attack's perturbation model and, with `base_epochs`, the base.
+
+        With `base_epochs` there is one clean model per data set (`base_seed`), trained for `base_epochs`;
+        otherwise one per seed, trained as the backdoored models are.
+        """
         data = self.load(dataset_name)
-        key = f"{dataset_name}-{self.config.model}-clean-s{seed}-{self._training_tag(data)}"
+        config = self.config
+        if config.base_epochs:
+            seed, epochs, learning_rate = config.base_seed, config.base_epochs, config.base_learning_rate
+            key = f"{dataset_name}-{config.model}-clean-s{seed}-{self._base_tag(data)}"
+        else:
+            epochs, learning_rate = config.backdoor_epochs, config.backdoor_learning_rate
+            key = f"{dataset_name}-{config.model}-clean-s{seed}-{self._training_tag(data)}"
 
         def build():
-            model = build_model(self.config.model, data["num_labels"], data["train_images"].shape[-1], seed)
+            model = build_model(config.model, data["num_labels"], data["train_images"].shape[-1], seed)
             start = time.perf_counter()
             model = self._train(
                 model,
                 data["train_images"],
                 data["train_labels"],
-                self.config.backdoor_epochs,
-                self.config.backdoor_learning_rate,
+                epochs,
+                learning_rate,
                 seed,
                 tempfile.mkdtemp(prefix="clean-"),
-                self.config.backdoor_augment,
+                config.backdoor_augment,
+                DATASETS[dataset_name]["flip"],
                 weight_decay=5e-4,
-            )
-            return model, {"train_seconds": time.perf_counter() - start}
+            ).model
+            info = {"train_seconds": time.perf_counter() - start, "epochs": epochs, "learning_rate": learning_rate,
+                    "augment": config.backdoor_augment, "seed": seed, "device": device_name()}  # fmt: skip
+            info["clean_accuracy"] = EvaluationSets.clean_only(data["test_images"], data["test_labels"], model)
+            return model, info
 
         return self._cached(key, build)[0]
 
@@ -263,7 +333,10 @@ class GridRunner:
             poisoned = poison_dataset(data["train"], attack, rate, seed=seed)
             images = decode_images(poisoned, data["image_column"], size=data["image_size"], desc="Decoding poisoned")
             labels = torch.tensor(poisoned[data["label_column"]])
-            model = build_model(self.config.model, data["num_labels"], images.shape[-1], seed)
+            if self.config.base_epochs:
+                model = copy.deepcopy(self.clean_model(dataset_name, seed))
+            else:
+                model = build_model(self.config.model, data["num_labels"], images.shape[-1], seed)
             start = time.perf_counter()
             model = self._train(
                 model,
@@ -274,9 +347,11 @@ class GridRunner:
                 seed,
                 tempfile.mkdtemp(prefix="backdoor-"),
                 self.config.backdoor_augment,
+                DATASETS[dataset_name]["flip"],
                 weight_decay=5e-4,
-            )
+            ).model
             info = {
+                "device": device_name(),
                 "attack": attack.to_dict(),
                 "num_poisoned": int(np.sum(poisoned["is_poisoned"])),
                 "train_seconds": time.perf_counter() - start,
@@ -314,12 +389,19 @@ class GridRunner:
             for mode, record in pending:
                 logger.info("tuning %s %s %g seed %d with %s", dataset_name, attack_name, rate, seed, mode)
                 start = time.perf_counter()
-                tuned = self.tune(model, dataset_name, mode, seed, record["num_tuning_samples"], alpha)
+                trainer = self.tune(model, dataset_name, mode, seed, record["num_tuning_samples"], alpha)
+                tuned = trainer.model
                 record["tuning_seconds"] = round(time.perf_counter() - start, 3)
                 record.update({k: v for k, v in info.items() if k.startswith("before_")})
                 record.update(evaluation.evaluate(tuned))
                 record["num_poisoned"] = info["num_poisoned"]
                 record["dataset_source"] = self.load(dataset_name)["source"]
+                record["device"] = device_name()
+                record["head_weight_norm_squared"] = head_norm_squared(model)
+                strength = strength_record(trainer)  # what was used: paper units, scale-free, and any search
+                record["fst_alpha_effective"] = strength["fst_alpha"]
+                record["fst_alpha_normalized"] = strength["fst_alpha_normalized"]
+                record["fst_alpha_search"] = strength["fst_alpha_search"]
                 append_record(self.config.results_file, record)
                 written.append(record)
                 logger.info(
@@ -330,8 +412,8 @@ class GridRunner:
         return written
 
     def tune(
-        self, model: PreTrainedModel, dataset_name: str, mode: str, seed: int, count: int, alpha: float
-    ) -> PreTrainedModel:
+        self, model: PreTrainedModel, dataset_name: str, mode: str, seed: int, count: int, alpha: float | str
+    ) -> FSTTrainer:
         """Tune a copy of `model` on `count` clean training images drawn with `seed` (the same draw for every mode)."""
         data = self.load(dataset_name)
         epochs, _ = self.settings(dataset_name)
@@ -345,8 +427,11 @@ class GridRunner:
             seed,
             tempfile.mkdtemp(prefix="tuning-"),
             self.config.tuning_augment,
+            DATASETS[dataset_name]["flip"],
             tuning_mode=mode,
             fst_alpha=alpha,
+            normalize_fst_alpha=self.config.normalize_fst_alpha,
+            max_accuracy_drop=self.config.max_accuracy_drop,
             project_head_norm=self.config.project_head_norm,
         )
 
@@ -363,6 +448,8 @@ class GridRunner:
             "seed": seed,
             "tuning_mode": mode,
             "fst_alpha": alpha if mode == "fst" else None,
+            "normalize_fst_alpha": True if mode == "fst" and self.config.normalize_fst_alpha else None,
+            "max_accuracy_drop": self.config.max_accuracy_drop if mode == "fst" and alpha == "auto" else None,
             "num_tuning_samples": min(count, len(data["train"])),
             "tuning_epochs": epochs,
             "tuning_learning_rate": self.config.tuning_learning_rate,
@@ -372,7 +459,18 @@ class GridRunner:
             "num_train_images": data_size,
             "backdoor_augment": self.config.backdoor_augment,
             "tuning_augment": self.config.tuning_augment,
+            "base_training": self.config.base_training,
         }
+
+
+def device_name() -> str:
+    """What trained and evaluated a record: `cpu` or the GPU's name."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def head_norm_squared(model: PreTrainedModel) -> float:
+    """||W0||^2 of the backdoored model's head weight: the scale of the penalty alpha * <W, W0>."""
+    return float(find_linear_head(model)[1].weight.detach().double().pow(2).sum())
 
 
 def config_dict(config: GridConfig) -> dict[str, Any]:

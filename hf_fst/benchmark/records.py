@@ -30,6 +30,9 @@ RECORD_KEY = (
     "num_train_images",
     "backdoor_augment",
     "tuning_augment",
+    "base_training",  # absent (None) in records of models trained from scratch
+    "normalize_fst_alpha",  # absent (None) in records written before the option existed: the raw penalty
+    "max_accuracy_drop",
 )
 
 

@@ -65,10 +65,13 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 
 class AugmentingCollator:
-    """Stacks uint8 rows, then random crop (zero padding) and horizontal flip for the whole batch at once."""
+    """Stacks uint8 rows, then random crop (zero padding) and horizontal flip for the whole batch at once.
 
-    def __init__(self, padding: int = 4, augment: bool = True) -> None:
-        self.padding, self.augment = padding, augment
+    `flip=False` keeps the crop only (GTSRB: a mirrored sign is another sign).
+    """
+
+    def __init__(self, padding: int = 4, augment: bool = True, flip: bool = True) -> None:
+        self.padding, self.augment, self.flip = padding, augment, flip
 
     def __call__(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         images = torch.stack([row["pixel_values"] for row in rows])
@@ -86,8 +89,9 @@ class AugmentingCollator:
                 rows_index,
                 cols_index,
             ]
-            flip = torch.rand(batch) < 0.5
-            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            if self.flip:
+                flip = torch.rand(batch) < 0.5
+                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         return {"pixel_values": normalize(images), "labels": labels}
 
 
@@ -111,6 +115,10 @@ class EvaluationSets:
     backdoor_images: torch.Tensor
     backdoor_labels: np.ndarray
     backdoor_original_labels: np.ndarray
+
+    @staticmethod
+    def clean_only(images: torch.Tensor, labels: np.ndarray, model: torch.nn.Module) -> float:
+        return clean_accuracy(predict(model, images), labels)
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         clean = predict(model, self.clean_images)

@@ -53,6 +53,7 @@ from hf_fst.outputs import (
 )
 from hf_fst.selection import materialize_stream, select_tuning_set, select_tuning_stream, take, training_dataset
 from hf_fst.transforms import augmentation_epoch_callback, build_transform, collate_image_batch, match_attack_to_model
+from hf_fst.tuning.search import describe_search, strength_record
 
 logger = logging.getLogger("hf_fst.purify")
 
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
     results.update(
         {
             "tuning_mode": training_args.tuning_mode,
-            "fst_alpha": training_args.fst_alpha if training_args.tuning_mode == "fst" else None,
+            **strength_record(trainer),
             "num_tuning_samples": run.num_tuning_samples,
             "train_loss": train_result.training_loss,
             "seed": training_args.seed,
@@ -304,7 +305,9 @@ def main(argv: list[str] | None = None) -> dict:
             train_split=data_args.train_split,
             attack=None if attack is None else attack.to_dict(),
             tuning_mode=training_args.tuning_mode,
-            fst_alpha=training_args.fst_alpha,
+            fst_alpha=results["fst_alpha"],
+            fst_alpha_normalized=results["fst_alpha_normalized"],
+            fst_alpha_choice=describe_search(results["fst_alpha_search"]) if results["fst_alpha_search"] else None,
             tuning_set_size=run.num_tuning_samples,
             tuning_split_ratio=None if purify_args.num_tuning_samples else purify_args.tuning_split_ratio,
             training=training_summary(training_args),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from hf_fst.hub import DEFENSE_NAMES, hub_repo_id
+from hf_fst.tuning.search import describe_search, strength_record
 
 __all__ = ["trainer_model_card"]
 
@@ -20,6 +21,14 @@ def _latest_evaluation(log_history: list[dict[str, Any]]) -> tuple[int | None, d
         if metrics:
             return entry.get("step"), metrics
     return None, {}
+
+
+def _alpha_text(trainer: Any) -> str:
+    record = strength_record(trainer)
+    if record["fst_alpha"] is None:
+        return "`auto`, not chosen yet (the search runs when training starts)"
+    text = f"{record['fst_alpha']:.4g} (normalised strength alpha x \\|\\|W0\\|\\|^2 = {record['fst_alpha_normalized']:.4g})"
+    return text + (f". {describe_search(record['fst_alpha_search'])}" if record["fst_alpha_search"] else "")
 
 
 def trainer_model_card(trainer: Any, model_name: str, tags: str | list[str] | None = None, **_: Any):
@@ -41,7 +50,7 @@ def trainer_model_card(trainer: Any, model_name: str, tags: str | list[str] | No
     step, evaluation = _latest_evaluation(trainer.state.log_history)
     settings = {
         "tuning mode": f"`{mode}` ({DEFENSE_NAMES.get(mode, mode)})",
-        "fst_alpha": f"{args.fst_alpha:g}" if mode == "fst" else "not used",
+        "fst_alpha": _alpha_text(trainer) if mode == "fst" else "not used",
         "head": f"`{trainer.head_name}`, ||W0|| = {float(trainer.fst_w0_norm):.4f}",
         "head re-initialised": "yes" if args.reinitializes_head else "no",
         "head norm projected to ||W0||": "after every optimizer step" if args.projects_head_norm else "no",

@@ -25,8 +25,28 @@ def normalize_tuning_mode(mode: str) -> str:
     return str(mode).strip().lower().replace("_", "-")
 
 
+AUTO = "auto"
+"""The `fst_alpha` value that asks the trainer to choose alpha from a clean-accuracy budget."""
+
+
 def _bad(name: str, value: object, rule: str, fix: str) -> ValueError:
     return ValueError(f"{name}={value!r} {rule}; {fix}")
+
+
+def parse_fst_alpha(value: object) -> float | str:
+    """A finite alpha >= 0, or `"auto"`; text from a command line or YAML file is converted."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == AUTO:
+            return AUTO
+        try:
+            value = float(text)
+        except ValueError:
+            value = text
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise _bad("fst_alpha", value, "must be a finite number >= 0 or 'auto'",
+                   "pass e.g. --fst_alpha 0.2 (the paper's CIFAR-10 value) or --fst_alpha auto")  # fmt: skip
+    return float(value)
 
 
 def check_training_numbers(args: TrainingArguments) -> None:
@@ -105,9 +125,22 @@ class FSTConfig(TrainingArguments):
     Parameters:
         tuning_mode (`str`, defaults to `"fst"`):
             One of `fst`, `ft`, `lp`, `ft-init`, `fe-tuning` (see `TUNING_MODES`).
-        fst_alpha (`float`, defaults to `0.2`):
+        fst_alpha (`float` or `"auto"`, defaults to `0.2`):
             Weight of the feature-shift penalty alpha * <W, W0> (raw inner product of the head weight with the
-            original head weight, bias excluded). Used in `fst` mode only.
+            original head weight, bias excluded). Used in `fst` mode only. `"auto"` chooses it from a clean-accuracy
+            budget (`max_accuracy_drop`) on a held-out part of the tuning data, without any attack knowledge: see
+            `hf_fst.tuning.search`.
+        normalize_fst_alpha (`bool`, defaults to `False`):
+            Divide the penalty by ||W0||^2, so that `fst_alpha` means the same strength on every model: with the norm
+            projection the penalty then ranges over [-alpha, +alpha]. The paper's alpha equals the normalised value
+            divided by ||W0||^2 (26-29 for small CIFAR-10 ResNets; the trainer reports both). Off: the paper's raw
+            penalty.
+        max_accuracy_drop (`float`, defaults to `0.02`):
+            With `fst_alpha="auto"`: the clean accuracy (a fraction: 0.02 is 2 points) that the search may give up
+            on the held-out part, against the input model.
+        fst_validation_fraction (`float`, defaults to `0.2`):
+            With `fst_alpha="auto"`: the share of the tuning data held out (seeded, stratified by label) to judge
+            each candidate strength.
         head_name (`str`, *optional*):
             Dotted path of the classification head (e.g. `classifier`, `classifier.1`, `fc`). Found automatically
             when unset: the `nn.Linear` outside the backbone with `num_labels` outputs.
@@ -120,9 +153,25 @@ class FSTConfig(TrainingArguments):
         default="fst",
         metadata={"help": "Tuning mode.", "choices": list(TUNING_MODES)},
     )
-    fst_alpha: float = field(
+    # `str | None` in the union makes HfArgumentParser pass the flag's text through, so `--fst_alpha auto` parses.
+    fst_alpha: float | str | None = field(
         default=0.2,
-        metadata={"help": "Weight alpha of the FST penalty alpha * <W, W0> (fst mode only; paper: 0.2 on CIFAR-10)."},
+        metadata={
+            "help": "Weight alpha of the FST penalty alpha * <W, W0> (fst mode only; paper: 0.2 on CIFAR-10), or "
+            "'auto' to choose the strongest shift within --max_accuracy_drop."
+        },
+    )
+    normalize_fst_alpha: bool = field(
+        default=False,
+        metadata={"help": "Divide the penalty by ||W0||^2 so that fst_alpha is scale-free (paper alpha x ||W0||^2)."},
+    )
+    max_accuracy_drop: float = field(
+        default=0.02,
+        metadata={"help": "fst_alpha=auto: clean accuracy (fraction) the search may give up on held-out tuning data."},
+    )
+    fst_validation_fraction: float = field(
+        default=0.2,
+        metadata={"help": "fst_alpha=auto: share of the tuning data held out (stratified) to judge each strength."},
     )
     head_name: str | None = field(
         default=None,
@@ -165,8 +214,12 @@ class FSTConfig(TrainingArguments):
                 f"tuning_mode={self.tuning_mode!r} is not a tuning mode; use one of {', '.join(TUNING_MODES)}"
             )
         self.tuning_mode = mode
-        if not isinstance(self.fst_alpha, (int, float)) or not math.isfinite(self.fst_alpha) or self.fst_alpha < 0:
-            raise ValueError(f"fst_alpha={self.fst_alpha!r} must be a finite number >= 0 (the paper uses 0.1-0.2)")
+        self.fst_alpha = parse_fst_alpha(self.fst_alpha)
+        for name in ("max_accuracy_drop", "fst_validation_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise _bad(name, value, "must be a fraction in (0, 1)", f"pass e.g. --{name} 0.02 (2 points)"
+                           if name == "max_accuracy_drop" else f"pass e.g. --{name} 0.2")  # fmt: skip
         if self.head_name is not None and not str(self.head_name).strip():
             self.head_name = None
         check_training_numbers(self)
@@ -189,6 +242,11 @@ class FSTConfig(TrainingArguments):
         return self.tuning_mode == "fst" if self.project_head_norm is None else bool(self.project_head_norm)
 
     @property
+    def searches_fst_alpha(self) -> bool:
+        """Whether the trainer chooses alpha itself (`fst_alpha="auto"` in `fst` mode)."""
+        return self.tuning_mode == "fst" and self.fst_alpha == AUTO
+
+    @property
     def uses_fst_penalty(self) -> bool:
         """Whether the loss carries the alpha * <W, W0> term."""
-        return self.tuning_mode == "fst" and self.fst_alpha > 0
+        return self.tuning_mode == "fst" and (self.fst_alpha == AUTO or self.fst_alpha > 0)

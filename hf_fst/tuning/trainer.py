@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import gc
 import inspect
+import json
 import os
 import shutil
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer, TrainerCallback
@@ -21,6 +23,7 @@ from hf_fst.heads import find_linear_head, project_weight_norm_, reinitialize_li
 from hf_fst.tuning.card import trainer_model_card
 from hf_fst.tuning.config import FSTConfig
 from hf_fst.tuning.contract import repoint_optimizer
+from hf_fst.tuning.search import StrengthSearch, search_fst_alpha
 from hf_fst.weights import FST_STATE_FILE
 
 FST_STATE_NAME = FST_STATE_FILE
@@ -117,6 +120,17 @@ class FSTTrainer(Trainer):
                 f"tuning_mode={self.args.tuning_mode!r} trains the head, but head {self.head_name!r} is frozen "
                 "(requires_grad=False); unfreeze it, or for a PEFT model list it in modules_to_save"
             )
+        if args.searches_fst_alpha:
+            if optimizers is not None and optimizers != (None, None):
+                raise ValueError(
+                    "fst_alpha='auto' tunes several candidate models, which one optimizer cannot serve; drop optimizers= "
+                    "or pass a number for fst_alpha"
+                )
+            args = copy.copy(args)  # the chosen alpha is written into the trainer's copy, not the caller's config
+            self.args = args
+            # The input head, for the search's reference accuracy (the copy below re-initialises its own).
+            self._input_head = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+        self.fst_alpha_search: StrengthSearch | None = None
         optimizer, scheduler = optimizers if optimizers is not None else (None, None)
         # Copied where the caller's model lives: the Trainer then moves only the copy to the device.
         tuned = copy.deepcopy(model)
@@ -139,6 +153,11 @@ class FSTTrainer(Trainer):
             raise ValueError(
                 "FSDP shards the head weight, so the FST penalty and norm projection would see one shard; "
                 "run FST with DDP (accelerate launch --multi_gpu) instead of an FSDP config"
+            )
+        if self.args.searches_fst_alpha and self.args.world_size > 1:
+            raise ValueError(
+                "fst_alpha='auto' runs its search in one process; search on one process (or device), then launch the "
+                "distributed run with the fst_alpha it chose"
             )
         if not self.label_names:
             raise ValueError("label_names=[]: FSTTrainer trains on the first label name; pass e.g. ['labels']")
@@ -201,8 +220,28 @@ class FSTTrainer(Trainer):
                 param.requires_grad_(False)
 
     def fst_penalty(self) -> torch.Tensor:
-        """alpha * <W, W0>: pushes the new head away from the backdoored one (bias excluded), in float32."""
-        return self.args.fst_alpha * (self.head.weight.float() * self.fst_w0).sum()
+        """alpha * <W, W0>: pushes the new head away from the backdoored one (bias excluded), in float32.
+
+        With `normalize_fst_alpha` the inner product is divided by ||W0||^2, so alpha is scale-free.
+        """
+        inner = (self.head.weight.float() * self.fst_w0).sum()
+        if self.args.normalize_fst_alpha:
+            inner = inner / self.fst_w0_norm.square()
+        return self.args.fst_alpha * inner
+
+    @property
+    def fst_alpha_raw(self) -> float | None:
+        """The penalty's weight in the paper's units (alpha on the raw inner product); None before `auto` chose."""
+        if not isinstance(self.args.fst_alpha, float):
+            return None
+        scale = float(self.fst_w0_norm.square()) if self.args.normalize_fst_alpha else 1.0
+        return self.args.fst_alpha / scale
+
+    @property
+    def fst_alpha_normalized(self) -> float | None:
+        """The penalty's scale-free strength, alpha x ||W0||^2 (the penalty's bound under the norm projection)."""
+        raw = self.fst_alpha_raw
+        return None if raw is None else raw * float(self.fst_w0_norm.square())
 
     def project_head(self) -> None:
         """Rescale the head weight to ||W0|| (called after every optimizer step when enabled)."""
@@ -315,7 +354,14 @@ class FSTTrainer(Trainer):
     def save_fst_state(self, folder: str) -> None:
         """Write W0 and ||W0|| (not model buffers, so they never leak into the saved model)."""
         tensors = {"w0": self.fst_w0.detach().cpu().contiguous(), "w0_norm": self.fst_w0_norm.detach().cpu()}
-        metadata = {"head_name": self.head_name, "tuning_mode": self.args.tuning_mode}
+        metadata = {
+            "head_name": self.head_name,
+            "tuning_mode": self.args.tuning_mode,
+            "fst_alpha": str(self.args.fst_alpha),
+            "normalize_fst_alpha": str(self.args.normalize_fst_alpha),
+        }
+        if self.fst_alpha_search is not None:
+            metadata["fst_alpha_search"] = json.dumps(self.fst_alpha_search.to_dict())
         # Written last in a checkpoint and renamed into place, so its presence marks a complete checkpoint.
         tmp = os.path.join(folder, FST_STATE_NAME + ".tmp")
         save_file(tensors, tmp, metadata=metadata)
@@ -329,7 +375,13 @@ class FSTTrainer(Trainer):
                 f"resume_from_checkpoint={folder!r} has no {FST_STATE_NAME}: it was not written by FSTTrainer; "
                 f"resume from a checkpoint of an FSTTrainer run or start without resume_from_checkpoint"
             )
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
         state = load_file(path)
+        if self.args.searches_fst_alpha and "fst_alpha_search" in metadata:  # resume with the strength chosen
+            self.fst_alpha_search = StrengthSearch(**{
+                k: v for k, v in json.loads(metadata["fst_alpha_search"]).items() if k != "chosen_alpha"
+            })  # fmt: skip
         if state["w0"].shape != self.fst_w0.shape:
             raise ValueError(
                 f"resume_from_checkpoint={folder!r} holds W0 of shape {tuple(state['w0'].shape)} but head "
@@ -396,6 +448,8 @@ class FSTTrainer(Trainer):
             )
         if isinstance(resume_from_checkpoint, (str, os.PathLike)):
             self.load_fst_state(os.fspath(resume_from_checkpoint))
+        if self.args.searches_fst_alpha:
+            self.choose_fst_alpha()
         self._first_bad_step = self._first_bad_loss = None
         self._part_sums.clear()
         self._part_counts.clear()
@@ -414,6 +468,15 @@ class FSTTrainer(Trainer):
         self.raise_if_nonfinite()
         self.sync_buffers()
         return output
+
+    def choose_fst_alpha(self) -> None:
+        """`fst_alpha="auto"`: search the strength (unless a resumed checkpoint holds it) and set it in `self.args`."""
+        if self.fst_alpha_search is None:
+            baseline = copy.deepcopy(self.model)
+            baseline.get_submodule(self.head_name).load_state_dict(self._input_head)
+            self.fst_alpha_search = search_fst_alpha(self, baseline)
+        self.args.fst_alpha = self.fst_alpha_search.chosen
+        self.args.normalize_fst_alpha = True
 
     def sync_buffers(self) -> None:
         """Copy rank 0's buffers (BatchNorm running statistics) to every rank after distributed training.

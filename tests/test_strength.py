@@ -1,0 +1,169 @@
+"""FST's strength: the scale-free (normalised) penalty and `fst_alpha="auto"`, the search within an accuracy budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import fst_args, random_image_rows, tiny_resnet
+
+from hf_fst import FSTConfig, FSTTrainer
+from hf_fst.arguments import recipe_parser
+from hf_fst.tuning.search import DEFAULT_STRENGTHS, bisect_strengths, describe_search, stratified_split
+
+
+# ------------------------------------------------------------------------------------------ normalised penalty
+def test_normalised_penalty_is_the_raw_one_divided_by_the_head_norm_squared(tmp_path):
+    model = tiny_resnet()
+    w0 = model.classifier[1].weight.detach().clone()
+    raw = FSTTrainer(model=model, args=fst_args(tmp_path, fst_alpha=0.3))
+    scaled = FSTTrainer(model=model, args=fst_args(tmp_path, fst_alpha=0.3, normalize_fst_alpha=True))
+    inner = float((raw.head.weight.detach() * w0).sum())
+    norm2 = float(w0.pow(2).sum())
+    assert float(raw.fst_penalty().detach()) == pytest.approx(0.3 * inner, rel=1e-5)
+    assert float(scaled.fst_penalty().detach()) == pytest.approx(0.3 * inner / norm2, rel=1e-5)
+    assert raw.fst_alpha_raw == pytest.approx(0.3) and raw.fst_alpha_normalized == pytest.approx(0.3 * norm2, rel=1e-5)
+    assert scaled.fst_alpha_raw == pytest.approx(0.3 / norm2, rel=1e-5)
+    assert scaled.fst_alpha_normalized == pytest.approx(0.3, rel=1e-5)
+
+
+def test_a_normalised_strength_trains_exactly_as_its_paper_alpha(tmp_path):
+    model = tiny_resnet()
+    norm2 = float(model.classifier[1].weight.detach().pow(2).sum())
+    rows = random_image_rows(48)
+    common = {"num_train_epochs": 2, "per_device_train_batch_size": 16}
+    normalised = FSTTrainer(model=model, args=fst_args(tmp_path, fst_alpha=4.0, normalize_fst_alpha=True, **common),
+                            train_dataset=rows)  # fmt: skip
+    paper = FSTTrainer(model=model, args=fst_args(tmp_path, fst_alpha=4.0 / norm2, **common), train_dataset=rows)
+    normalised.train()
+    paper.train()
+    for (name, a), b in zip(normalised.model.state_dict().items(), paper.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    # A strength this large moves the head: the runs differ from one without the penalty.
+    plain = FSTTrainer(model=model, args=fst_args(tmp_path, fst_alpha=0.0, **common), train_dataset=rows)
+    plain.train()
+    assert not torch.allclose(plain.head.weight, normalised.head.weight, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------- arguments
+@pytest.mark.parametrize(("text", "value"), [("auto", "auto"), ("AUTO", "auto"), ("0.3", 0.3), ("0", 0.0)])
+def test_fst_alpha_from_the_command_line(tmp_path, text, value):
+    (config,) = recipe_parser([FSTConfig]).parse(["--output_dir", str(tmp_path), "--fst_alpha", text])
+    assert config.fst_alpha == value and type(config.fst_alpha) is type(value)
+    assert config.uses_fst_penalty is (value != 0.0)
+    assert config.searches_fst_alpha is (value == "auto")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("fst_alpha", "strong", r"^fst_alpha='strong' must be a finite number >= 0 or 'auto'; pass e\.g\."),
+        ("fst_alpha", None, r"^fst_alpha=None must be"),
+        ("fst_alpha", True, r"^fst_alpha=True must be"),
+        ("max_accuracy_drop", 0.0, r"^max_accuracy_drop=0\.0 must be a fraction in \(0, 1\); pass e\.g\. .* 0\.02"),
+        ("max_accuracy_drop", 2, r"^max_accuracy_drop=2 must be a fraction"),
+        ("max_accuracy_drop", -0.01, r"^max_accuracy_drop=-0\.01 must be a fraction"),
+        ("fst_validation_fraction", 1.0, r"^fst_validation_fraction=1\.0 must be a fraction"),
+    ],
+)
+def test_bad_strength_settings_are_refused_by_name(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        FSTConfig(output_dir=str(tmp_path), **{field: value})
+
+
+# ----------------------------------------------------------------------------------------- held-out split
+def test_stratified_split_holds_out_each_class_in_proportion_and_is_seeded():
+    labels = np.repeat(np.arange(4), [50, 20, 10, 1])
+    keep, held = stratified_split(labels, 0.2, seed=3)
+    assert np.intersect1d(keep, held).size == 0 and np.union1d(keep, held).tolist() == list(range(81))
+    assert [int(np.sum(labels[held] == c)) for c in range(4)] == [10, 4, 2, 0]  # a lone image stays for tuning
+    again_keep, again_held = stratified_split(labels, 0.2, seed=3)
+    assert np.array_equal(keep, again_keep) and np.array_equal(held, again_held)
+    assert not np.array_equal(held, stratified_split(labels, 0.2, seed=4)[1])
+    # Two images of a class: one is held out even at a small fraction, one stays.
+    pair = np.array([0, 0, 1, 1, 1])
+    assert [int(np.sum(pair[stratified_split(pair, 0.01, 0)[1]] == c)) for c in (0, 1)] == [1, 1]
+
+
+# ------------------------------------------------------------------------------------------------ bisection
+def test_bisection_finds_the_strongest_strength_within_the_budget_in_three_tries():
+    seen = []
+
+    def accuracy(strength):
+        seen.append(strength)
+        return 0.90 - 0.01 * strength  # falls as the shift grows
+
+    tries, chosen = bisect_strengths(DEFAULT_STRENGTHS, accuracy, floor=0.85)  # 0.9 - 0.01 s >= 0.85 for s <= 5
+    assert chosen == 4.0 and seen == [2.0, 8.0, 4.0]
+    assert [t["within_budget"] for t in tries] == [True, False, True]
+    assert bisect_strengths(DEFAULT_STRENGTHS, accuracy, floor=0.0)[1] == 16.0
+    none_tries, none = bisect_strengths(DEFAULT_STRENGTHS, accuracy, floor=0.95)
+    assert none is None and [t["fst_alpha_normalized"] for t in none_tries] == [2.0, 0.5, 0.25]
+    with pytest.raises(ValueError, match="strictly ascending"):
+        bisect_strengths((1.0, 1.0), accuracy, 0.5)
+
+
+# ------------------------------------------------------------------------------------------------ auto mode
+class CountingTrainer(FSTTrainer):
+    """Counts the trainers built (the search builds its candidates from the trainer's own class)."""
+
+    built = 0
+
+    def __init__(self, *args, **kwargs):
+        type(self).built += 1
+        super().__init__(*args, **kwargs)
+
+
+def _auto(tmp_path, rows, **overrides):
+    args = fst_args(tmp_path, fst_alpha="auto", num_train_epochs=2, per_device_train_batch_size=16, **overrides)
+    return args, CountingTrainer(model=tiny_resnet(), args=args, train_dataset=rows)
+
+
+def test_auto_searches_deterministically_and_leaves_the_callers_config_alone(tmp_path):
+    rows = random_image_rows(60)
+    CountingTrainer.built = 0
+    args, trainer = _auto(tmp_path, rows)
+    trainer.train()
+    search = trainer.fst_alpha_search.to_dict()
+    # one reference trainer for the input model's held-out accuracy and three candidates, besides the trainer itself
+    assert CountingTrainer.built == 5 and len(search["tries"]) == 3
+    counts = np.bincount([row["labels"] for row in rows])
+    assert search["validation_size"] == sum(round(0.2 * c) for c in counts) == 12  # 20% of each class, rounded
+    floor = search["baseline_accuracy"] - search["max_accuracy_drop"]
+    assert all(t["within_budget"] == (t["validation_accuracy"] >= floor) for t in search["tries"])
+    within = [t["fst_alpha_normalized"] for t in search["tries"] if t["within_budget"]]
+    tried = [t["fst_alpha_normalized"] for t in search["tries"]]
+    assert search["chosen"] == (max(within) if within else min(tried)) and search["budget_met"] == bool(within)
+    assert args.fst_alpha == "auto" and trainer.args.fst_alpha == search["chosen"] and trainer.args.normalize_fst_alpha
+    assert trainer.fst_alpha_raw == pytest.approx(search["chosen"] / search["head_norm_squared"], rel=1e-6)
+    assert "chosen without attack knowledge" in describe_search(search)
+    _, again = _auto(tmp_path, rows)
+    again.train()
+    assert again.fst_alpha_search.to_dict() == search
+    for a, b in zip(trainer.model.parameters(), again.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_auto_resumes_with_the_strength_it_chose(tmp_path):
+    rows = random_image_rows(60)
+    args, trainer = _auto(tmp_path, rows, save_strategy="epoch")
+    trainer.train()
+    chosen = trainer.fst_alpha_search.to_dict()
+    CountingTrainer.built = 0
+    _, resumed = _auto(tmp_path, rows, save_strategy="epoch")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4"))
+    assert CountingTrainer.built == 1  # no search again
+    assert resumed.fst_alpha_search.to_dict() == chosen and resumed.args.fst_alpha == chosen["chosen"]
+
+
+def test_auto_refusals(tmp_path):
+    model = tiny_resnet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    args = fst_args(tmp_path, fst_alpha="auto")
+    with pytest.raises(ValueError, match=r"^fst_alpha='auto' tunes several candidate models.*drop optimizers="):
+        FSTTrainer(model=model, args=args, optimizers=(optimizer, None))
+    lonely = FSTTrainer(model=model, args=args, train_dataset=[random_image_rows(1)[0]] * 1)
+    with pytest.raises(ValueError, match=r"^fst_alpha='auto' needs tuning data to hold out"):
+        lonely.train()
+    # In another mode the search is off.
+    assert not FSTConfig(output_dir=str(tmp_path), tuning_mode="ft", fst_alpha="auto").searches_fst_alpha
