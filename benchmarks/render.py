@@ -211,6 +211,64 @@ def claim_table(rows: list[Record]) -> tuple[list[str], list[str]]:
     return lines, failures
 
 
+def retuning_table(rows: list[Record]) -> list[str]:
+    """ASR after tuning -> after the retuning attack (P-ASR), per cell and mode; the backdoored model first."""
+    rows = [r for r in rows if r.get("retuning_attack_success_rate") is not None]
+    modes = [m for m in MODE_ORDER if any(r["tuning_mode"] == m for r in rows)]
+    lines = [
+        "| attack | rate | seeds | backdoored | " + " | ".join(MODE_LABELS[m] for m in modes) + " |",
+        "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in modes) + " |",
+    ]
+    cells = sorted(
+        group(rows, lambda r: (r["attack"], r["poison_rate"])).items(), key=lambda kv: (kv[0][0], -kv[0][1])
+    )
+    for (attack, rate), cell_rows in cells:
+        before = unique_by_seed(cell_rows)
+        values = [
+            f"{cell(before, 'before_attack_success_rate')} → {cell(before, 'before_retuning_attack_success_rate')}"
+        ]
+        for mode in modes:
+            mode_rows = [r for r in cell_rows if r["tuning_mode"] == mode]
+            values.append(
+                f"{cell(mode_rows, 'attack_success_rate')} → {cell(mode_rows, 'retuning_attack_success_rate')}"
+                if mode_rows else "-"
+            )  # fmt: skip
+        seeds = len({r["seed"] for r in cell_rows})
+        lines.append(
+            f"| {ATTACK_LABELS.get(attack, attack)} | {rate_label(rate)} | {seeds} | " + " | ".join(values) + " |"
+        )
+    return lines
+
+
+def plot_retuning(rows: list[Record], path: Path, title: str) -> None:
+    """Mean ASR after tuning and after the retuning attack, per mode (bars over all cells with both)."""
+    rows = [r for r in rows if r.get("retuning_attack_success_rate") is not None]
+    modes = ["backdoored"] + [m for m in MODE_ORDER if any(r["tuning_mode"] == m for r in rows)]
+    after, retuned = [], []
+    for mode in modes:
+        if mode == "backdoored":
+            picked = unique_by_seed(rows)
+            after.append(stats(picked, "before_attack_success_rate")[0])
+            retuned.append(stats(picked, "before_retuning_attack_success_rate")[0])
+        else:
+            picked = [r for r in rows if r["tuning_mode"] == mode]
+            after.append(stats(picked, "attack_success_rate")[0])
+            retuned.append(stats(picked, "retuning_attack_success_rate")[0])
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    x = np.arange(len(modes))
+    ax.bar(x - 0.2, after, 0.4, label="after tuning (ASR)")
+    ax.bar(x + 0.2, retuned, 0.4, label="after the retuning attack (P-ASR)")
+    ax.set_xticks(x, [MODE_LABELS.get(m, "backdoored") for m in modes])
+    ax.set_ylabel("ASR (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ------------------------------------------------------------------------------------------------- plots
 def plot_modes(rows: list[Record], path: Path, title: str) -> None:
     """ASR and C-Acc per tuning mode (bars), one panel pair per poisoning rate, averaged over attacks."""
@@ -379,6 +437,11 @@ def render(records: list[Record], plot_dir: Path, link_dir: str = "benchmarks/pl
         out += [f"![ASR and C-Acc per mode, {name}]({rel}/modes-{slug}.png)", ""]
         plot_tradeoff(rows, plot_dir / f"tradeoff-{slug}.png", f"{name}: C-Acc against ASR, one point per cell")
         out += [f"![C-Acc against ASR per mode, {name}]({rel}/tradeoff-{slug}.png)", ""]
+        if any(r.get("retuning_attack_success_rate") is not None for r in rows):
+            out += [f"Retuning attack, {name}: ASR after tuning → after the retuning attack (P-ASR), in percent:", "",
+                    *retuning_table(rows), ""]  # fmt: skip
+            plot_retuning(rows, plot_dir / f"retuning-{slug}.png", f"{name}: ASR before and after the retuning attack")
+            out += [f"![ASR and P-ASR per mode, {name}]({rel}/retuning-{slug}.png)", ""]
         claim, failures = claim_table(rows)
         if len(claim) > 2:
             if failures:

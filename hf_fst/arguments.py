@@ -173,19 +173,32 @@ class ModelArguments:
 
 @dataclass
 class AttackArguments:
-    """The backdoor attack: poisons the training set (train_backdoor) and builds the ASR test set (both)."""
+    """The backdoor attack: builds the ASR test set (purify) and poisons the training set (train_backdoor).
 
-    attack: str = field(default="badnet", metadata={"help": "Attack name (badnet, blended, sig, wanet, lc, ...)."})
+    Unset (or `none`) in purify means the trigger is unknown: no ASR or RA is claimed, a trigger screen runs instead.
+    """
+
+    attack: str | None = field(
+        default=None,
+        metadata={"help": "Attack name (badnet, blended, sig, wanet, lc, ...); unset or 'none': the trigger is unknown."},
+    )
     attack_params: str | None = field(
         default=None, metadata={"help": "Attack parameters as JSON or key=value,key=value (e.g. 'patch_size=3')."}
     )
     target_label: int = field(default=0, metadata={"help": "Target class of the all-to-one backdoor."})
     poison_rate: float = field(default=0.1, metadata={"help": "Share of the training set to poison, in (0, 1]."})
 
+    @property
+    def known(self) -> bool:
+        """Whether an attack was named (`none` counts as unknown)."""
+        return self.attack is not None and self.attack.strip().lower() != "none"
+
     def build(self, num_labels: int, **extra: Any):
         """The attack config, validated against the data set's labels; `extra` passes e.g. LC's clean model."""
         from hf_fst.attacks import get_attack
 
+        if self.attack is None:
+            raise ValueError("--attack is required here; pass an attack name, e.g. --attack badnet")
         validate_target_label(self.target_label, num_labels)
         params = parse_attack_params(self.attack_params)
         params.setdefault("target_label", self.target_label)

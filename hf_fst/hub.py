@@ -146,6 +146,7 @@ def render_model_card(
     command: str | None = None,
     repo_id: str | None = None,
     label_names: Sequence[str] | None = None,
+    extra_sections: str | None = None,
 ):
     """Render the card of a purified model (`before` given) or of a backdoored one (`before=None`).
 
@@ -238,6 +239,7 @@ def render_model_card(
         target_label_name=target_name,
         poison_rate=poison_rate,
         metric_rows=rows,
+        extra_sections=extra_sections or None,
         num_train_epochs=training.get("num_train_epochs"),
         learning_rate=training.get("learning_rate"),
         batch_size=training.get("batch_size"),

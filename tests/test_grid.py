@@ -149,6 +149,8 @@ def test_grid_second_threat_model_and_strength_records(tmp_path):
         tuning_epochs=1,
         fst_alpha="auto",
         max_accuracy_drop=0.05,
+        retuning_attack=True,
+        retuning_poisoned_samples=3,
         results_file=str(tmp_path / "results.jsonl"),
         cache_dir=str(tmp_path / "cache"),
         disable_tqdm=True,
@@ -163,6 +165,10 @@ def test_grid_second_threat_model_and_strength_records(tmp_path):
         assert record["base_training"] == {"epochs": 1, "learning_rate": 0.05, "seed": 0}
         assert record["tuning_augment"] is True and record["device"] == "cpu"
         assert record["head_weight_norm_squared"] > 0
+    for cell in (records[:2], records[2:]):  # the retuning attack on each tuned model and once on the backdoored one
+        assert all(r["retuning_poisoned_samples"] == 3 for r in cell)
+        assert all(0 <= r[k] <= 1 for r in cell for k in ("retuning_attack_success_rate", "retuning_clean_accuracy"))
+        assert cell[0]["before_retuning_attack_success_rate"] == cell[1]["before_retuning_attack_success_rate"]
     ft, fst = records[0], records[1]
     assert ft["fst_alpha"] is None and ft["fst_alpha_normalized"] is None and ft["max_accuracy_drop"] is None
     assert fst["fst_alpha"] == "auto" and fst["max_accuracy_drop"] == 0.05

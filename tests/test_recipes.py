@@ -157,7 +157,7 @@ def test_purify_with_an_accuracy_budget_records_the_search(backdoored, cifar_sma
 
 
 def bad(cifar_small: Path, model: Path, out: Path, **flags: str) -> list[str]:
-    args = {"--dataset_name": str(cifar_small), "--model_id": str(model), "--output_dir": str(out)}
+    args = {"--dataset_name": str(cifar_small), "--model_id": str(model), "--output_dir": str(out), "--attack": "badnet"}
     args.update(flags)
     return [item for pair in args.items() for item in pair if item != ""] + FAST
 
@@ -192,6 +192,9 @@ def bad(cifar_small: Path, model: Path, out: Path, **flags: str) -> list[str]:
         ("purify", {"--tuning_split_ratio": "1.5"}, r"^--tuning_split_ratio=1.5 is out of range"),
         ("purify", {"--test_split": "validation"}, r"^--test_split='validation' is not a split"),
         ("train_backdoor", {"--tuning_mode": "fst"}, r"^--tuning_mode='fst': train_backdoor.py trains"),
+        ("purify", {"--attack": "none", "--retuning_attack": "true"}, r"^--retuning_attack needs --attack"),
+        ("purify", {"--attack": "lc", "--retuning_attack": "true"}, r"^--retuning_attack with --attack lc: .*clean model"),
+        ("purify", {"--retuning_poisoned_samples": "0"}, r"^--retuning_poisoned_samples=0 must be >= 1"),
     ],
 )
 def test_bad_input_is_one_line_and_early(recipe, flags, message, cifar_small, tmp_path, monkeypatch):
@@ -337,3 +340,30 @@ def test_purify_without_a_known_attack_reports_clean_accuracy_only(backdoored, c
     card = ModelCard.load(out / "README.md")
     assert {r.metric_type for r in card.data.eval_results} == {"clean_accuracy_before", "clean_accuracy_after"}
     assert "| ASR | n/a | n/a |" in card.text
+    # Instead of an ASR for a guessed trigger: the screen of every registered trigger, before and after.
+    screen = results["trigger_screen"]
+    assert {"badnet", "blended", "sig", "wanet", "lc", "adaptive-blend"} <= set(screen)
+    for row in screen.values():
+        assert 0 <= row["before"] <= 1 and 0 <= row["after"] <= 1 and 0 <= row["class"] <= 9
+    assert json.loads((out / "all_results.json").read_text())["trigger_screen"] == screen
+    assert "## Trigger screen" in card.text and "claims no attack success rate" in card.text
+    assert "retuning_attack_success_rate" not in results
+
+
+def test_purify_with_the_retuning_attack(backdoored, cifar_small, tmp_path):
+    out = tmp_path / "retuned"
+    results = load_recipe("purify").main(
+        [
+            "--dataset_name", str(cifar_small), "--model_id", str(backdoored), "--attack", "badnet",
+            "--retuning_attack", "true", "--retuning_poisoned_samples", "3", "--num_tuning_samples", "16",
+            "--max_eval_samples", "40", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
+            "--output_dir", str(out), *FAST,
+        ]
+    )  # fmt: skip
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["retuning_poisoned_samples"] == 3 and "trigger_screen" not in saved
+    for key in ("retuning_attack_success_rate", "retuning_clean_accuracy"):
+        assert saved[key] == results[key] and 0 <= saved[key] <= 1
+    card = (out / "README.md").read_text()
+    assert "## Retuning attack" in card and "first 3 images replaced by poisoned" in card
+    assert f"{100 * saved['retuning_attack_success_rate']:.2f}%" in card

@@ -89,3 +89,17 @@ def test_feature_shift_numbers():
     assert alike["triggered_vs_clean_separability"] < 0.65
     assert module.cosine_distance(clean, clean) == pytest.approx(0.0, abs=1e-9)
     assert module.cosine_distance(clean, -clean) == pytest.approx(2.0)
+
+
+def test_retuning_attack_table(render, tmp_path):
+    records = []
+    for seed, (asr, pasr) in enumerate([(0.02, 0.60), (0.04, 0.80)]):
+        for mode, after, retuned in (("ft", 0.7, 0.9), ("fst", asr, pasr)):
+            row = record(mode, seed, 0.7, after)
+            row.update(retuning_attack_success_rate=retuned, retuning_clean_accuracy=0.69,
+                       before_retuning_attack_success_rate=0.95, before_retuning_clean_accuracy=0.7)  # fmt: skip
+            records.append(row)
+    text = render.render(records, tmp_path / "plots")
+    assert "| BadNet | 1% | 2 | 90.0 ± 0.0 → 95.0 ± 0.0 | 70.0 ± 0.0 → 90.0 ± 0.0 | 3.0 ± 1.4 → 70.0 ± 14.1 |" in text
+    assert (tmp_path / "plots" / "retuning-cifar10-resnet-s.png").stat().st_size > 5_000
+    assert "Retuning attack" not in render.render([record("ft", 0, 0.7, 0.8)], tmp_path / "plots")

@@ -32,7 +32,9 @@ from transformers import (
 
 from hf_fst.attacks import backdoor_test_set, get_attack, poison_dataset
 from hf_fst.benchmark.architectures import MODELS, build_model, model_class_for
-from hf_fst.benchmark.records import append_record, read_records, record_key
+from hf_fst.benchmark.records import append_record, device_name, head_norm_squared, read_records, record_key
+from hf_fst.benchmark.retuning import retune, retuning_tensors
+from hf_fst.benchmark.sources import DATASETS, dataset_source
 from hf_fst.benchmark.tensors import (
     PIXEL_MEAN,
     PIXEL_STD,
@@ -43,41 +45,12 @@ from hf_fst.benchmark.tensors import (
 )
 from hf_fst.columns import resolve_columns
 from hf_fst.console import progress_enabled
-from hf_fst.heads import find_linear_head
 from hf_fst.loading import load_image_dataset
 from hf_fst.tuning import TUNING_MODES, FSTConfig, FSTTrainer
 from hf_fst.tuning.config import parse_fst_alpha
 from hf_fst.tuning.search import strength_record
 
 logger = logging.getLogger(__name__)
-
-# Hub id, input side, the paper's settings per data set (tuning epochs and FST alpha: CIFAR-10 10 / 0.2, GTSRB
-# 15 / 0.1) and its augmentation (crop and flip on CIFAR-10; crop only on GTSRB, whose signs are not symmetric).
-# GTSRB images vary in size on the Hub; the benchmark resizes them to 32x32 as the paper does.
-DATASETS: dict[str, dict[str, Any]] = {
-    "cifar10": {"hub_id": "uoft-cs/cifar10", "image_size": 32, "tuning_epochs": 10, "fst_alpha": 0.2, "flip": True},
-    "gtsrb": {"hub_id": "tanganke/gtsrb", "image_size": 32, "tuning_epochs": 15, "fst_alpha": 0.1, "flip": False},
-}
-
-
-def dataset_source(name: str, data_dir: str | None) -> str:
-    """Where data set `name` is read from: its Hub id, or with `data_dir` the folder `<data_dir>/<name>[-suffix]`.
-
-    A suffix lets one folder hold variants such as `cifar10-jpeg`; exactly one folder must match.
-    """
-    if data_dir is None:
-        return DATASETS[name]["hub_id"]
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise ValueError(f"--data_dir={data_dir!r} is not a folder; pass a folder holding {name}/ (or drop it)")
-    found = [folder for folder in [root / name, *sorted(root.glob(f"{name}-*"))] if folder.is_dir()]
-    if len(found) != 1:
-        what = "no folder" if not found else f"{len(found)} folders ({', '.join(f.name for f in found)})"
-        raise ValueError(
-            f"--data_dir={data_dir!r}: {what} named {name} or {name}-*; keep exactly one, or drop --data_dir to load "
-            f"{DATASETS[name]['hub_id']} from the Hub"
-        )
-    return str(found[0])
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -126,12 +99,19 @@ class GridConfig:
         default=False, metadata={"help": "Read fst_alpha as a scale-free strength (alpha x ||W0||^2)."}
     )
     max_accuracy_drop: float = field(default=0.02, metadata={"help": "With fst_alpha auto: the accuracy budget."})
+    retuning_attack: bool = field(
+        default=False,
+        metadata={"help": "Also run the retuning attack on every tuned model and the backdoored one (P-ASR)."},
+    )
+    retuning_poisoned_samples: int = 5
     project_head_norm: bool | None = None
     results_file: str = "benchmarks/results.jsonl"
     cache_dir: str = "benchmarks/cache"
     kept_models_dir: str | None = field(
         default="benchmarks/models",
-        metadata={"help": "Read-only folder of kept models (e.g. a committed clean base), looked up before cache_dir."},
+        metadata={
+            "help": "Read-only folder of kept models (e.g. a committed clean base), looked up before cache_dir."
+        },
     )
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bars (poisoning, training, ...)."})
 
@@ -309,14 +289,18 @@ class GridRunner:
 
         return self._cached(key, build)[0]
 
-    def backdoored_model(self, dataset_name: str, attack_name: str, rate: float, seed: int):
-        """The backdoored model of a cell, its evaluation sets and its before-metrics (trained once, cached)."""
-        data = self.load(dataset_name)
+    def attack(self, dataset_name: str, attack_name: str, seed: int):
+        """The cell's attack config (LC gets the clean model of its seed for its perturbation)."""
         params: dict[str, Any] = {}
         if attack_name == "lc":
             params["model"] = self.clean_model(dataset_name, seed)
             params["pixel_mean"], params["pixel_std"] = [PIXEL_MEAN] * 3, [PIXEL_STD] * 3
-        attack = get_attack(attack_name, **params)
+        return get_attack(attack_name, **params)
+
+    def backdoored_model(self, dataset_name: str, attack_name: str, rate: float, seed: int):
+        """The backdoored model of a cell, its evaluation sets and its before-metrics (trained once, cached)."""
+        data = self.load(dataset_name)
+        attack = self.attack(dataset_name, attack_name, seed)
         backdoor_test = backdoor_test_set(data["test"], attack)
         evaluation = EvaluationSets(
             clean_images=data["test_images"],
@@ -386,6 +370,13 @@ class GridRunner:
                 logger.info("skip %s %s %g seed %d: finished", dataset_name, attack_name, rate, seed)
                 continue
             model, evaluation, info = self.backdoored_model(dataset_name, attack_name, rate, seed)
+            retuning = None
+            if self.config.retuning_attack:
+                count, attack = pending[0][1]["num_tuning_samples"], self.attack(dataset_name, attack_name, seed)
+                images, labels = retuning_tensors(self, dataset_name, attack, seed, count,
+                                                  self.config.retuning_poisoned_samples)  # fmt: skip
+                retuning = (dataset_name, images, labels, seed)
+                before_retuning = evaluation.evaluate(retune(self, model, *retuning))
             for mode, record in pending:
                 logger.info("tuning %s %s %g seed %d with %s", dataset_name, attack_name, rate, seed, mode)
                 start = time.perf_counter()
@@ -402,6 +393,11 @@ class GridRunner:
                 record["fst_alpha_effective"] = strength["fst_alpha"]
                 record["fst_alpha_normalized"] = strength["fst_alpha_normalized"]
                 record["fst_alpha_search"] = strength["fst_alpha_search"]
+                if retuning is not None:
+                    after_retuning = evaluation.evaluate(retune(self, tuned, *retuning))
+                    for prefix, found in (("retuning_", after_retuning), ("before_retuning_", before_retuning)):
+                        record[prefix + "attack_success_rate"] = found["attack_success_rate"]
+                        record[prefix + "clean_accuracy"] = found["clean_accuracy"]
                 append_record(self.config.results_file, record)
                 written.append(record)
                 logger.info(
@@ -417,7 +413,7 @@ class GridRunner:
         """Tune a copy of `model` on `count` clean training images drawn with `seed` (the same draw for every mode)."""
         data = self.load(dataset_name)
         epochs, _ = self.settings(dataset_name)
-        index = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(data["train"]))[:count]))
+        index = self.tuning_index(dataset_name, seed, count)
         return self._train(
             model,
             data["train_images"][index],
@@ -434,6 +430,11 @@ class GridRunner:
             max_accuracy_drop=self.config.max_accuracy_drop,
             project_head_norm=self.config.project_head_norm,
         )
+
+    def tuning_index(self, dataset_name: str, seed: int, count: int) -> torch.Tensor:
+        """The cell's clean tuning images: `count` drawn with `seed`, the same for every mode."""
+        train = self.load(dataset_name)["train"]
+        return torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(train))[:count]))
 
     def _describe(self, dataset_name, attack_name, rate, seed, mode, epochs, alpha, data_size) -> dict[str, Any]:
         data = self.load(dataset_name)
@@ -460,17 +461,10 @@ class GridRunner:
             "backdoor_augment": self.config.backdoor_augment,
             "tuning_augment": self.config.tuning_augment,
             "base_training": self.config.base_training,
+            "retuning_poisoned_samples": self.config.retuning_poisoned_samples
+            if self.config.retuning_attack
+            else None,
         }
-
-
-def device_name() -> str:
-    """What trained and evaluated a record: `cpu` or the GPU's name."""
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-
-
-def head_norm_squared(model: PreTrainedModel) -> float:
-    """||W0||^2 of the backdoored model's head weight: the scale of the penalty alpha * <W, W0>."""
-    return float(find_linear_head(model)[1].weight.detach().double().pow(2).sum())
 
 
 def config_dict(config: GridConfig) -> dict[str, Any]:

@@ -9,8 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
-__all__ = ["RECORD_KEY", "append_record", "read_records", "record_key", "summarize"]
+from hf_fst.heads import find_linear_head
+
+__all__ = [
+    "RECORD_KEY",
+    "append_record",
+    "device_name",
+    "head_norm_squared",
+    "read_records",
+    "record_key",
+    "summarize",
+]
 
 
 RECORD_KEY = (
@@ -33,6 +45,7 @@ RECORD_KEY = (
     "base_training",  # absent (None) in records of models trained from scratch
     "normalize_fst_alpha",  # absent (None) in records written before the option existed: the raw penalty
     "max_accuracy_drop",
+    "retuning_poisoned_samples",  # None: no retuning attack in the record
 )
 
 
@@ -73,3 +86,13 @@ def summarize(records: list[dict[str, Any]]) -> dict[tuple, dict[str, float]]:
             stats[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
         summary[key] = stats
     return summary
+
+
+def device_name() -> str:
+    """What trained and evaluated a record: `cpu` or the GPU's name."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def head_norm_squared(model: nn.Module) -> float:
+    """||W0||^2 of the backdoored model's head weight: the scale of the penalty alpha * <W, W0>."""
+    return float(find_linear_head(model)[1].weight.detach().double().pow(2).sum())

@@ -13,6 +13,8 @@ Crash safety: checkpoints and outputs are written to `<output_dir>.partial` and 
 everything is written; `--resume_from_checkpoint true` continues a killed run from its newest complete checkpoint.
 Weights load from safetensors only (`--allow_pickle_weights` is the dangerous opt-in). `--streaming --max_steps N`
 reads the training split as a stream. Exit status: 2 for bad input, 3 for a non-finite loss.
+Without `--attack` the trigger is unknown: no ASR is claimed and a trigger screen of every registered trigger runs
+instead; `--retuning_attack true` re-tunes the result on 5 poisoned images and records the ASR after (P-ASR).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from transformers import set_seed
 
 from hf_fst import FSTConfig, FSTTrainer, backdoor_test_set, evaluate_backdoor
 from hf_fst.arguments import AttackArguments, DataArguments, ModelArguments, RecipeParser, recipe_parser
+from hf_fst.attacks import AttackConfig, get_attack, list_attacks
 from hf_fst.console import configure_console
 from hf_fst.errors import ConfigurationError
 from hf_fst.hub import format_table, get_token_or_raise, push_to_hub, redacted_command, render_model_card
@@ -51,6 +54,14 @@ from hf_fst.outputs import (
     stage_training_output,
     training_summary,
 )
+from hf_fst.robustness import (
+    retuning_args,
+    retuning_attack,
+    retuning_set,
+    robustness_markdown,
+    screen_summary,
+    trigger_screen,
+)
 from hf_fst.selection import materialize_stream, select_tuning_set, select_tuning_stream, take, training_dataset
 from hf_fst.transforms import augmentation_epoch_callback, build_transform, collate_image_batch, match_attack_to_model
 from hf_fst.tuning.search import describe_search, strength_record
@@ -70,8 +81,25 @@ class PurifyArguments:
     num_tuning_samples: int | None = field(
         default=None, metadata={"help": "Exact tuning-set size; overrides --tuning_split_ratio."}
     )
+    retuning_attack: bool = field(
+        default=False,
+        metadata={"help": "After tuning, run the retuning attack (needs --attack) and record its ASR (P-ASR)."},
+    )
+    retuning_poisoned_samples: int = field(
+        default=5, metadata={"help": "Poisoned training images in the retuning attack's tuning set (paper: 5)."}
+    )
+    trigger_screen: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Screen every registered trigger before and after tuning; default: on when --attack is unset."
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.retuning_poisoned_samples < 1:
+            raise ValueError(
+                f"--retuning_poisoned_samples={self.retuning_poisoned_samples} must be >= 1; pass e.g. 5 (the paper's)"
+            )
         if self.num_tuning_samples is None and not 0 < self.tuning_split_ratio <= 1:
             raise ValueError(
                 f"--tuning_split_ratio={self.tuning_split_ratio} is out of range; pass a fraction in (0, 1]"
@@ -113,12 +141,14 @@ class PurifyRun:
     tuning_set: object
     num_tuning_samples: int
     num_train_rows: int | None
+    retuning_poisoned: object | None = None
 
 
 def prepare(argv: list[str] | None = None) -> PurifyRun:
     """Parse, validate and load; any bad input raises `ConfigurationError` here, before training or writing."""
     try:
         data_args, model_args, attack_args, purify_args, training_args = parse_args(argv)
+        retuning_poisoned = None
         configure_console(disable_tqdm=training_args.disable_tqdm, log_level=training_args.log_level)
         # Keep the token out of the arguments the Trainer logs and pickles; we push ourselves at the end.
         hub_token, push = training_args.hub_token, training_args.push_to_hub
@@ -154,7 +184,9 @@ def prepare(argv: list[str] | None = None) -> PurifyRun:
             train_split, data_args.image_column_name, data_args.label_column_name
         )
         names = label_names(train_split, label_col)
-        attack = None if attack_args.attack.strip().lower() == "none" else attack_args.build(len(names))
+        attack = attack_args.build(len(names)) if attack_args.known else None
+        if purify_args.retuning_attack:
+            check_retuning(attack, data_args.streaming, training_args)
 
         model = load_classifier(
             model_args.model_id, cache_dir=model_args.cache_dir, allow_pickle=model_args.allow_pickle_weights
@@ -188,6 +220,8 @@ def prepare(argv: list[str] | None = None) -> PurifyRun:
                 seed=training_args.seed,
             )
             num_tuning, num_train_rows = len(tuning_set), len(train_split)
+            if purify_args.retuning_attack:
+                retuning_poisoned = retuning_source(train_split, attack, purify_args, training_args.seed)
     except ConfigurationError:
         raise
     except ValueError as err:
@@ -198,8 +232,37 @@ def prepare(argv: list[str] | None = None) -> PurifyRun:
     )  # fmt: skip
     return PurifyRun(
         data_args, model_args, attack_args, purify_args, training_args, push, hub_token, names, image_col, label_col,
-        attack, model, processor, test_split, tuning_set, num_tuning, num_train_rows,
+        attack, model, processor, test_split, tuning_set, num_tuning, num_train_rows, retuning_poisoned,
     )  # fmt: skip
+
+
+def check_retuning(attack, streaming: bool, training_args: FSTConfig) -> None:
+    """Refuse a retuning attack that cannot run as specified, before anything loads further."""
+    if attack is None:
+        raise ValueError("--retuning_attack needs --attack: its poisoned images come from the named attack")
+    if streaming:
+        raise ValueError(
+            "--retuning_attack needs a map-style training split to draw poisoned images; drop --streaming"
+        )
+    if type(attack).prepare is not AttackConfig.prepare:
+        raise ValueError(
+            f"--retuning_attack with --attack {attack.name}: its poisoned images need the attacker's clean model; "
+            "run the retuning attack for this attack through the benchmark grid (--retuning_attack true)"
+        )
+    if training_args.world_size > 1:
+        raise ValueError("--retuning_attack runs in one process; launch without accelerate's multi-process mode")
+
+
+def retuning_source(train_split, attack, purify_args: PurifyArguments, seed: int):
+    """Training rows poisoned by `attack`: a seeded sample, with twice the poisoned rows the retuning attack needs."""
+    from hf_fst.attacks import poison_dataset
+
+    sample = take(train_split, min(len(train_split), 2000), seed + 1)
+    count = 2 * purify_args.retuning_poisoned_samples
+    try:
+        return poison_dataset(sample, attack, min(1.0, count / len(sample)), seed=seed)
+    except ValueError as err:
+        raise ValueError(f"--retuning_attack: cannot draw {count} poisoned training images ({err})") from err
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -256,6 +319,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     before = measure(model)
     logger.info("before: %s", before)
+    screen = purify_args.trigger_screen if purify_args.trigger_screen is not None else attack is None
+    screen_attacks = [
+        match_attack_to_model(get_attack(name, target_label=0), model, processor, test_split, image_col)
+        for name in list_attacks()
+    ]
+
+    def run_screen(current: torch.nn.Module) -> dict:
+        return trigger_screen(
+            current, test_split, eval_transform, image_col, label_col, num_classes=len(names), attacks=screen_attacks,
+            batch_size=training_args.per_device_eval_batch_size, device=training_args.device,
+        )  # fmt: skip
+
+    screen_before = run_screen(model) if screen else None
     lap("evaluation")
 
     # ---- tune, writing checkpoints and outputs into <output_dir>.partial until everything is written
@@ -273,7 +349,22 @@ def main(argv: list[str] | None = None) -> dict:
     lap("tuning")
     after = measure(purified)
     logger.info("after: %s", after)
+    screened = screen_summary(screen_before, run_screen(purified)) if screen else None
     lap("evaluation")
+    retuned = None
+    if purify_args.retuning_attack:
+        retuning_data = retuning_set(run.tuning_set, run.retuning_poisoned, purify_args.retuning_poisoned_samples)
+        attacked = retuning_attack(
+            purified,
+            retuning_data.with_transform(train_transform),
+            retuning_args(
+                seed=training_args.seed, use_cpu=training_args.use_cpu, disable_tqdm=training_args.disable_tqdm
+            ),
+            collate_image_batch,
+        )
+        retuned = measure(attacked)
+        logger.info("after the retuning attack: %s", retuned)
+        lap("retuning_attack")
 
     results = {key: after[key] for key in RESULT_KEYS}
     results.update({f"before_{key}": before[key] for key in RESULT_KEYS})
@@ -287,6 +378,12 @@ def main(argv: list[str] | None = None) -> dict:
             "attack": None if attack is None else attack.to_dict(),
         }
     )
+    if screened is not None:
+        results["trigger_screen"] = screened
+    if retuned is not None:
+        results["retuning_attack_success_rate"] = retuned["attack_success_rate"]
+        results["retuning_clean_accuracy"] = retuned["clean_accuracy"]
+        results["retuning_poisoned_samples"] = purify_args.retuning_poisoned_samples
     print(rank_line(training_args, results, purified), flush=True)
 
     # ---- save into the staging folder: the weights collectively, everything else from the main process
@@ -318,7 +415,11 @@ def main(argv: list[str] | None = None) -> dict:
             ),
             repo_id=repo_id,
             label_names=names,
-        )
+            extra_sections=robustness_markdown(
+                screened, retuned, attack_known=attack is not None,
+                num_poisoned=purify_args.retuning_poisoned_samples, label_names=names,
+            ),
+        )  # fmt: skip
         card.save(str(staging / "README.md"))
         commit_output(staging, output_dir)  # the finished folder appears in one rename
         print(format_table({"before": before, f"after ({training_args.tuning_mode})": after}), flush=True)

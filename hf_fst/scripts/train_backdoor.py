@@ -68,9 +68,16 @@ class TrainBackdoorArguments:
     )
 
 
+@dataclass
+class BackdoorAttackArguments(AttackArguments):
+    """The attack to implant; BadNet unless told otherwise."""
+
+    attack: str | None = field(default="badnet", metadata={"help": "Attack name (badnet, blended, sig, wanet, lc, ...)."})
+
+
 def make_parser() -> RecipeParser:
     """The command's parser: every `TrainingArguments` flag, the data, model and attack flags, and `--config`."""
-    parser = recipe_parser((DataArguments, ModelArguments, AttackArguments, TrainBackdoorArguments, FSTConfig))
+    parser = recipe_parser((DataArguments, ModelArguments, BackdoorAttackArguments, TrainBackdoorArguments, FSTConfig))
     parser.set_defaults(tuning_mode="ft")
     return parser
 
