@@ -38,6 +38,10 @@ def main() -> None:
     tensors = {n: p.detach().cpu().contiguous() for n, p in trainer.model.named_parameters()}
     metadata = {"world_size": str(trainer.args.world_size), "steps": str(trainer.state.global_step)}
     save_file(tensors, str(out_dir / f"rank{rank}.safetensors"), metadata=metadata)
+    # Leave the process group before exit: gloo torn down by the interpreter's exit can abort a rank on a busy machine.
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -237,3 +237,36 @@ def test_lc_pgd_respects_the_linf_bound_and_raises_the_loss():
     assert np.abs(LCConfig(eps=4 / 255, model=model, steps=3).prepare(images, labels).astype(int) - images).max() <= 4
     with pytest.raises(ValueError, match="model=: the clean model takes 3 channels but the images have 1"):
         config.prepare(images[..., :1], labels)
+
+
+def test_adaptive_blend_cover_rows_keep_masked_tiles_untouched():
+    """Cover rows carry a partial trigger at the training alpha; the full test trigger would touch every pixel."""
+    config = AdaptiveBlendConfig()
+    images = _images(n=3)
+    seeds = np.array([11, 12, 13], dtype=np.uint64)
+    cover = config.apply(images, "cover", seeds)
+    kept = config.training_masks(seeds, 32, 32)  # 1 where the trigger is blended in, 0 on masked tiles
+    assert np.array_equal(cover[kept == 0], images[kept == 0])
+    assert (kept == 0).mean() == pytest.approx(config.num_masked / config.pieces, abs=0.02)
+    assert not np.array_equal(cover, config.apply(images, "test"))
+
+
+def test_sig_training_rows_use_delta_and_test_rows_test_delta():
+    config = SIGConfig(delta=20, test_delta=60)
+    grey = np.full((2, 32, 32, 3), 128, dtype=np.uint8)  # far from 0 and 255: nothing clips
+    poisoned = np.abs(config.apply(grey, "poison").astype(int) - 128).max()
+    tested = np.abs(config.apply(grey, "test").astype(int) - 128).max()
+    assert 19 <= poisoned <= 20 and 59 <= tested <= 60
+
+
+def test_wanet_warp_scales_each_axis_by_its_own_side():
+    """On an 8x32 image the x displacement is s / 32 and the y displacement s / 8 per unit of control noise."""
+    height, width, s = 8, 32, 0.5
+    grid = warp_grid(4, s, 1.0, 0, height, width)[0]
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    inner = (slice(1, -1), slice(1, -1))  # away from the clamped border
+    dx = (grid[..., 0] - xs)[inner].abs().mean() * width / s
+    dy = (grid[..., 1] - ys)[inner].abs().mean() * height / s
+    # Both are the mean size of the interpolated control noise, which is normalised to 1 (bicubic keeps it near 1);
+    # a swap of the two scales would make them 4 and 1/4.
+    assert 0.4 < dx < 2.0 and 0.4 < dy < 2.0

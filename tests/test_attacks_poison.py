@@ -8,7 +8,7 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
 from PIL import Image as PILImage
-from shared_data import CIFAR
+from shared_data import write_cifar_subset
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_fst.attacks import backdoor_test_set, get_attack, plan_poisoning, poison_dataset
@@ -276,10 +276,10 @@ def test_bad_inputs():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Real data (skipped when the shared data folder is absent)
-@pytest.mark.skipif(not CIFAR.exists(), reason="shared CIFAR-10 copy not available")
-def test_cifar10_slice_keeps_jpeg_bytes_of_clean_rows():
-    ds = load_dataset(str(CIFAR), split="train").select(range(300))
+# CIFAR-shaped data (the local copy, or its synthetic JPEG stand-in)
+def test_cifar10_slice_keeps_jpeg_bytes_of_clean_rows(tmp_path):
+    folder = write_cifar_subset(tmp_path / "cifar", {"train": 300}, np.random.default_rng(0))
+    ds = load_dataset(str(folder), split="train")
     out = poison_dataset(ds, "badnet", 0.1)  # columns img / label detected
     raw = out.cast_column("img", Image(decode=False))
     source = ds.cast_column("img", Image(decode=False))

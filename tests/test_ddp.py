@@ -15,9 +15,16 @@ from tiny_models import tiny_vit
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 
 
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def _run(cmd: list[str], tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0 and TEARDOWN_ABORT in result.stderr:
+        # On a machine busy with other jobs, a gloo rank now and then aborts in its C++ teardown after the run;
+        # one more launch tells that apart from a failure of the run itself, which repeats.
+        result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 

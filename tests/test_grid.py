@@ -6,19 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from shared_data import CIFAR, DATA_DIR
+from shared_data import CIFAR, cifar_data_dir
 
 from hf_fst.benchmark import GridConfig, GridRunner, read_records
 from hf_fst.benchmark.grid import dataset_source
 from hf_fst.benchmark.tensors import AugmentingCollator
 
-needs_cifar = pytest.mark.skipif(not CIFAR.is_dir(), reason="local CIFAR-10 copy not present")
 
-
-@needs_cifar
 def test_grid_writes_records_and_resumes(tmp_path):
     config = GridConfig(
-        data_dir=str(DATA_DIR),
+        data_dir=str(cifar_data_dir(tmp_path)),
         datasets=["cifar10"],
         attacks=["badnet"],
         poison_rates=[0.1],
@@ -41,7 +38,7 @@ def test_grid_writes_records_and_resumes(tmp_path):
             assert 0.0 <= record[key] <= 1.0
         assert record["num_tuning_samples"] == 64 and record["num_poisoned"] == 40
         assert record["tuning_seconds"] > 0
-    assert {r["dataset_source"] for r in records} == {str(CIFAR)}
+    assert {r["dataset_source"] for r in records} == {str(CIFAR if CIFAR.exists() else tmp_path / "cifar10-synthetic")}
     assert records[0]["fst_alpha"] is None and records[1]["fst_alpha"] == 0.2
     assert len(list(Path(config.cache_dir).glob("*/model.safetensors"))) == 1
 
@@ -129,11 +126,10 @@ def test_tuning_augmentation_follows_the_backdoor_training_unless_set():
     assert GridConfig(fst_alpha="AUTO").fst_alpha == "auto"
 
 
-@needs_cifar
 def test_grid_second_threat_model_and_strength_records(tmp_path):
     """One clean base, backdoors implanted by fine-tuning it; every record says so and carries the strengths."""
     config = GridConfig(
-        data_dir=str(DATA_DIR),
+        data_dir=str(cifar_data_dir(tmp_path)),
         attacks=["badnet", "blended"],
         poison_rates=[0.1],
         tuning_modes=["ft", "fst"],

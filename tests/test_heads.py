@@ -90,3 +90,23 @@ def test_projection():
     weight = torch.randn(10, 20)
     project_weight_norm_(weight, 3.5)
     assert weight.norm().item() == pytest.approx(3.5, rel=1e-6)
+
+
+class _TwoHeads(torch.nn.Module):
+    """A plain module with two label-sized linears outside any backbone: only the name tells the head apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = tf.PretrainedConfig(num_labels=3)
+        self.body = torch.nn.Linear(4, 8)
+        self.projection = torch.nn.Linear(8, 3)
+        self.classifier = torch.nn.Linear(8, 3)
+
+
+def test_a_head_word_breaks_a_tie_and_no_word_is_refused():
+    model = _TwoHeads()
+    assert find_linear_head(model) == ("classifier", model.classifier)
+    model.other = model.classifier
+    del model.classifier
+    with pytest.raises(ValueError, match=r"several candidate heads \(projection, other\); pass head_name="):
+        find_linear_head(model)

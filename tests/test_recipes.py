@@ -15,13 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from hub_server import FakeHub
 from huggingface_hub import ModelCard
-from shared_data import CIFAR
+from shared_data import write_cifar_subset
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_fst.errors import ConfigurationError
@@ -49,16 +47,7 @@ def sha(path: Path) -> str:
 @pytest.fixture(scope="module")
 def cifar_small(tmp_path_factory) -> Path:
     """400 training and 200 test images drawn across all classes (the files are sorted by label)."""
-    if not CIFAR.exists():
-        pytest.skip(f"{CIFAR} not found")
-    root = tmp_path_factory.mktemp("cifar_small")
-    (root / "data").mkdir()
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 400), ("test", 200)):
-        table = pq.read_table(next((CIFAR / "data").glob(f"{split}-*.parquet")))
-        rows = np.sort(rng.choice(table.num_rows, size=count, replace=False))
-        pq.write_table(table.take(rows), root / "data" / f"{split}-00000-of-00001.parquet")
-    return root
+    return write_cifar_subset(tmp_path_factory.mktemp("cifar_small"), {"train": 400, "test": 200})
 
 
 def tiny_model(folder: Path, num_labels: int = 10) -> Path:
@@ -157,7 +146,12 @@ def test_purify_with_an_accuracy_budget_records_the_search(backdoored, cifar_sma
 
 
 def bad(cifar_small: Path, model: Path, out: Path, **flags: str) -> list[str]:
-    args = {"--dataset_name": str(cifar_small), "--model_id": str(model), "--output_dir": str(out), "--attack": "badnet"}
+    args = {
+        "--dataset_name": str(cifar_small),
+        "--model_id": str(model),
+        "--output_dir": str(out),
+        "--attack": "badnet",
+    }
     args.update(flags)
     return [item for pair in args.items() for item in pair if item != ""] + FAST
 
@@ -193,7 +187,11 @@ def bad(cifar_small: Path, model: Path, out: Path, **flags: str) -> list[str]:
         ("purify", {"--test_split": "validation"}, r"^--test_split='validation' is not a split"),
         ("train_backdoor", {"--tuning_mode": "fst"}, r"^--tuning_mode='fst': train_backdoor.py trains"),
         ("purify", {"--attack": "none", "--retuning_attack": "true"}, r"^--retuning_attack needs --attack"),
-        ("purify", {"--attack": "lc", "--retuning_attack": "true"}, r"^--retuning_attack with --attack lc: .*clean model"),
+        (
+            "purify",
+            {"--attack": "lc", "--retuning_attack": "true"},
+            r"^--retuning_attack with --attack lc: .*clean model",
+        ),
         ("purify", {"--retuning_poisoned_samples": "0"}, r"^--retuning_poisoned_samples=0 must be >= 1"),
     ],
 )

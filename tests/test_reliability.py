@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from hub_server import FakeHub
 from safetensors.torch import load_file
-from shared_data import CIFAR
+from shared_data import write_cifar_subset
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_fst.errors import ConfigurationError
@@ -63,16 +62,7 @@ def recipe_cmd(name: str, *args: str) -> list[str]:
 @pytest.fixture(scope="module")
 def cifar_tiny(tmp_path_factory) -> Path:
     """96 training and 48 test images across all classes."""
-    if not CIFAR.exists():
-        pytest.skip(f"{CIFAR} not found")
-    root = tmp_path_factory.mktemp("cifar_tiny")
-    (root / "data").mkdir()
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 96), ("test", 48)):
-        table = pq.read_table(next((CIFAR / "data").glob(f"{split}-*.parquet")))
-        rows = np.sort(rng.choice(table.num_rows, size=count, replace=False))
-        pq.write_table(table.take(rows), root / "data" / f"{split}-00000-of-00001.parquet")
-    return root
+    return write_cifar_subset(tmp_path_factory.mktemp("cifar_tiny"), {"train": 96, "test": 48})
 
 
 def tiny_model(folder: Path, *, pickle_only: bool = False) -> Path:

@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 from datasets import Dataset, load_dataset
 from safetensors.torch import save_file
-from shared_data import CIFAR
+from shared_data import write_cifar_subset
 from tiny_models import tiny_resnet
 from transformers import ResNetConfig, ResNetForImageClassification
 
@@ -29,14 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def parquet_dir(tmp_path_factory) -> Path:
     """200 CIFAR-10 training rows, every class, as a parquet folder that load_dataset can stream."""
-    if not CIFAR.exists():
-        pytest.skip(f"{CIFAR} not found")
     root = tmp_path_factory.mktemp("stream")
-    (root / "data").mkdir()
     for split, count in (("train", 200), ("test", 60)):
-        table = pq.read_table(next((CIFAR / "data").glob(f"{split}-*.parquet")))
-        rows = np.sort(np.random.default_rng(1).choice(table.num_rows, size=count, replace=False))
-        pq.write_table(table.take(rows), root / "data" / f"{split}-00000-of-00001.parquet")
+        write_cifar_subset(root, {split: count}, np.random.default_rng(1))
     return root
 
 

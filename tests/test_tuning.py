@@ -65,7 +65,14 @@ def test_matches_plain_pytorch_loop(tmp_path, mode):
     trainer = FSTTrainer(model=model, args=args, train_dataset=rows)
     trainer.train()
     expected = reference_tuning(
-        model, rows, mode, alpha=0.5, steps=steps, lr=0.01, seed=3, project=args.projects_head_norm
+        model,
+        rows,
+        mode,
+        alpha=0.5,
+        steps=steps,
+        lr=0.01,
+        seed=3,
+        project=mode == "fst",  # the paper's policy
     )
     got = params(trainer.model)
     moved = 0.0
@@ -333,3 +340,34 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
     with pytest.raises(FloatingPointError, match=r"non-finite training loss .* at optimizer step \d+ .*learning_rate"):
         trainer.train()
     assert trainer.state.global_step < 10
+
+
+def test_the_projection_policy_per_mode(tmp_path):
+    """Unset: only fst projects; True / False: every mode does / none does (the official code projects in all)."""
+    expected = {"fst": True, "ft": False, "lp": False, "ft-init": False, "fe-tuning": False}
+    assert {m: make_args(tmp_path, tuning_mode=m).projects_head_norm for m in TUNING_MODES} == expected
+    assert all(make_args(tmp_path, tuning_mode=m, project_head_norm=True).projects_head_norm for m in TUNING_MODES)
+    assert not any(
+        make_args(tmp_path, tuning_mode=m, project_head_norm=False).projects_head_norm for m in TUNING_MODES
+    )
+
+
+class _PartRecorder(FSTTrainer):
+    """Keeps every per-step loss part as it is added, to check what the logs average."""
+
+    def _add_part(self, key, value):
+        self.__dict__.setdefault("steps", {}).setdefault(key, []).append(float(value))
+        super()._add_part(key, value)
+
+
+def test_logged_loss_parts_are_the_mean_over_the_logging_window(tmp_path):
+    args = make_args(tmp_path, num_train_epochs=3, per_device_train_batch_size=4, logging_steps=3, fst_alpha=0.3)
+    trainer = _PartRecorder(model=tiny_resnet(), args=args, train_dataset=random_image_rows(16))
+    trainer.train()  # 12 steps: logs after steps 3, 6, 9, 12
+    logs = [entry for entry in trainer.state.log_history if "ce_loss" in entry]
+    assert [entry["step"] for entry in logs] == [3, 6, 9, 12]
+    for key in ("ce_loss", "fst_penalty"):
+        values = trainer.steps[key]
+        assert len(values) == 12 and len(set(values)) > 3  # the parts change from step to step
+        for window, entry in enumerate(logs):
+            assert entry[key] == pytest.approx(sum(values[3 * window : 3 * window + 3]) / 3, abs=2e-6)
