@@ -269,6 +269,40 @@ def plot_retuning(rows: list[Record], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def auto_table(records: list[Record], standard: list[Record]) -> list[str]:
+    """`fst_alpha=auto` beside paper FST, per cell: chosen strength, C-Acc change, ASR (and P-ASR when measured)."""
+    lines = [
+        "| attack | rate | seeds | budget (points) | chosen alpha x \\|\\|W0\\|\\|^2 | auto: C-Acc change | auto: ASR "
+        "| auto: P-ASR | paper FST: C-Acc change | paper FST: ASR |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    cells = sorted(
+        group(records, lambda r: (r["attack"], r["poison_rate"])).items(), key=lambda kv: (kv[0][0], -kv[0][1])
+    )
+    for (attack, rate), rows in cells:
+        paper = [r for r in standard if r["tuning_mode"] == "fst" and (r["attack"], r["poison_rate"]) == (attack, rate)
+                 and r["model"] == rows[0]["model"] and regime(r) == regime(rows[0])]  # fmt: skip
+
+        def change(picked: list[Record]) -> str:
+            if not picked:
+                return "-"
+            drops = np.array([(r["clean_accuracy"] - r["before_clean_accuracy"]) * 100 for r in picked])
+            return f"{drops.mean():+.1f}" + (f" ± {drops.std(ddof=1):.1f}" if len(drops) > 1 else "")
+
+        chosen = np.array([r["fst_alpha_normalized"] for r in rows], dtype=float)
+        p_asr = (
+            cell(rows, "retuning_attack_success_rate")
+            if all("retuning_attack_success_rate" in r for r in rows)
+            else "-"
+        )
+        lines.append(
+            f"| {ATTACK_LABELS.get(attack, attack)} | {rate_label(rate)} | {len({r['seed'] for r in rows})} | "
+            f"{100 * rows[0]['max_accuracy_drop']:g} | {chosen.mean():.2f} | {change(rows)} | "
+            f"{cell(rows, 'attack_success_rate')} | {p_asr} | {change(paper)} | {cell(paper, 'attack_success_rate')} |"
+        )
+    return lines
+
+
 # ------------------------------------------------------------------------------------------------- plots
 def plot_modes(rows: list[Record], path: Path, title: str) -> None:
     """ASR and C-Acc per tuning mode (bars), one panel pair per poisoning rate, averaged over attacks."""
@@ -452,6 +486,12 @@ def render(records: list[Record], plot_dir: Path, link_dir: str = "benchmarks/pl
                 *claim,
                 "",
             ]
+    autos = [r for r in records if r["tuning_mode"] == "fst" and r.get("fst_alpha") == "auto"]
+    for (dataset, model, made), rows in sorted(group(autos, lambda r: (r["dataset"], r["model"], regime(r))).items()):
+        name, _ = group_title(dataset, model, made)
+        out += [f"### {name}: FST within an accuracy budget (`fst_alpha=auto`) beside paper FST", "",
+                "C-Acc change in points (after minus before, on the test split); ASR in percent. The budget is checked "
+                "on held-out clean tuning images, never on the test split.", "", *auto_table(rows, standard), ""]  # fmt: skip
     if all_failures:
         out += ["Cells where the claim (FST ASR <= 5% and C-Acc within 2 points) does not hold at the paper's "
                 "settings: " + "; ".join(all_failures) + ".", ""]  # fmt: skip

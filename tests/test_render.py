@@ -103,3 +103,13 @@ def test_retuning_attack_table(render, tmp_path):
     assert "| BadNet | 1% | 2 | 90.0 ± 0.0 → 95.0 ± 0.0 | 70.0 ± 0.0 → 90.0 ± 0.0 | 3.0 ± 1.4 → 70.0 ± 14.1 |" in text
     assert (tmp_path / "plots" / "retuning-cifar10-resnet-s.png").stat().st_size > 5_000
     assert "Retuning attack" not in render.render([record("ft", 0, 0.7, 0.8)], tmp_path / "plots")
+
+
+def test_auto_strength_table_sits_beside_paper_fst(render, tmp_path):
+    paper = [record("fst", s, 0.69, 0.03) for s in (0, 1)]
+    auto = [dict(record("fst", s, 0.695, 0.05 + 0.02 * s, alpha="auto"), max_accuracy_drop=0.02,
+                 fst_alpha_normalized=2.0 + s) for s in (0, 1)]  # fmt: skip
+    text = render.render(paper + auto, tmp_path / "plots")
+    assert "FST within an accuracy budget" in text
+    assert "| BadNet | 1% | 2 | 2 | 2.50 | -0.5 ± 0.0 | 6.0 ± 1.4 | - | -1.0 ± 0.0 | 3.0 ± 0.0 |" in text
+    assert "| BadNet | 1% | 2 | 90.0 ± 0.0 | 3.0 ± 0.0 |" in text  # the main ASR table keeps paper FST only
