@@ -180,7 +180,9 @@ class AttackArguments:
 
     attack: str | None = field(
         default=None,
-        metadata={"help": "Attack name (badnet, blended, sig, wanet, lc, ...); unset or 'none': the trigger is unknown."},
+        metadata={
+            "help": "Attack name (badnet, blended, sig, wanet, lc, ...); unset or 'none': the trigger is unknown."
+        },
     )
     attack_params: str | None = field(
         default=None, metadata={"help": "Attack parameters as JSON or key=value,key=value (e.g. 'patch_size=3')."}

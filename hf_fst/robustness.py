@@ -21,13 +21,15 @@ import numpy as np
 import torch
 from datasets import Dataset, concatenate_datasets
 
-from hf_fst.attacks import backdoor_test_set, get_attack, list_attacks
+from hf_fst.attacks import backdoor_test_set, get_attack, list_attacks, poison_dataset
 from hf_fst.metrics import predict
+from hf_fst.selection import take
 from hf_fst.tuning import FSTConfig, FSTTrainer
 
 __all__ = [
     "RETUNING_SETTINGS",
     "class_shares",
+    "poisoned_sample",
     "retuning_args",
     "retuning_attack",
     "retuning_set",
@@ -46,6 +48,16 @@ RETUNING_SETTINGS: dict[str, Any] = {
     "lr_scheduler_type": "constant",
 }
 """The retuning attack's training, as in arXiv 2410.09838 (SGD momentum 0.9 comes with `FSTConfig`)."""
+
+
+RETUNING_POISON_SAMPLE = 2000
+"""Training rows poisoned to draw the retuning attack's images from (poisoning a whole split would only cost time)."""
+
+
+def poisoned_sample(dataset: Dataset, attack: Any, num_poisoned: int, seed: int) -> Dataset:
+    """A seeded sample of `dataset` poisoned by `attack` with about twice `num_poisoned` poisoned rows."""
+    sample = take(dataset, min(len(dataset), RETUNING_POISON_SAMPLE), seed + 1)
+    return poison_dataset(sample, attack, min(1.0, 2 * num_poisoned / len(sample)), seed=seed)
 
 
 def retuning_set(tuning_set: Dataset, poisoned: Dataset, num_poisoned: int = 5) -> Dataset:

@@ -238,7 +238,9 @@ def test_trainer_pushes_an_fst_card_and_resumable_checkpoints(tmp_path):
     assert not any(name.startswith(("checkpoint-", "last-checkpoint")) for name in end)
     for files in (every, last, end):
         card = files["README.md"].decode()
-        assert "`fst` (Feature Shift Tuning (FST))" in card and "| fst_alpha | 0.3 (normalised strength alpha x" in card
+        assert (
+            "`fst` (Feature Shift Tuning (FST))" in card and "| fst_alpha | 0.3 (normalised strength alpha x" in card
+        )
         assert "| optimizer steps done when this card was written | 4 |" in card
         assert "library_name: transformers" in card and "defense-fst" in card
     checkpoint_card = every["checkpoint-2/README.md"].decode()

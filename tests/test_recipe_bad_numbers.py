@@ -31,7 +31,10 @@ PURIFY_CASES = [
     (["--fst_alpha", "-1"], r"fst_alpha=-1\.0 must be a finite number >= 0"),
     (["--fst_alpha", "nan"], r"fst_alpha=nan must be a finite number >= 0"),
     (["--fst_alpha", "strong"], r"fst_alpha='strong' must be a finite number >= 0 or 'auto'"),
-    (["--fst_alpha", "auto", "--max_accuracy_drop", "2"], r"max_accuracy_drop=2\.0 must be a fraction in \(0, 1\); .*0\.02"),
+    (
+        ["--fst_alpha", "auto", "--max_accuracy_drop", "2"],
+        r"max_accuracy_drop=2\.0 must be a fraction in \(0, 1\); .*0\.02",
+    ),
     (["--fst_alpha", "auto", "--max_accuracy_drop", "0"], r"max_accuracy_drop=0\.0 must be a fraction in \(0, 1\)"),
     (["--fst_alpha", "auto", "--fst_validation_fraction", "1"], r"fst_validation_fraction=1\.0 must be a fraction"),
     (["--tuning_split_ratio", "0"], r"--tuning_split_ratio=0\.0 is out of range"),

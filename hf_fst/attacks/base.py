@@ -139,6 +139,11 @@ class AttackConfig:
         """Optional up-front pass over the poisoned rows only (LC's PGD); None when the attack has none."""
         return None
 
+    @property
+    def prepares_images(self) -> bool:
+        """Whether `prepare` does work: the poisoned images need an up-front pass (and LC a clean model)."""
+        return type(self).prepare is not AttackConfig.prepare
+
     def apply(self, images: np.ndarray, kind: Kind = "poison", seeds: np.ndarray | None = None) -> np.ndarray:
         """Put the trigger on a batch of same-size images.
 

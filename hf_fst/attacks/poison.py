@@ -199,7 +199,7 @@ def _prepare(
     dataset: Dataset, image_column: str, image_feature: Image, attack: AttackConfig, plan: PoisonPlan
 ) -> dict[int, np.ndarray] | None:
     """Run the attack's up-front pass (LC's PGD) on the poisoned rows only, grouped by image shape."""
-    if type(attack).prepare is AttackConfig.prepare:
+    if not attack.prepares_images:
         return None
     poison_rows = plan.poison_indices
     raw = dataset.select_columns([image_column]).cast_column(
@@ -324,7 +324,7 @@ def poison_dataset(
     labels = _read_labels(dataset, label_column)
     num_classes = _num_classes(dataset, label_column, labels)
     _check_target(attack, num_classes, label_column)
-    if getattr(attack, "model", None) is None and type(attack).prepare is not AttackConfig.prepare:
+    if getattr(attack, "model", None) is None and attack.prepares_images:
         raise ValueError(
             f"model=: the {attack.name!r} attack needs a clean model to compute its perturbation; "
             f"use get_attack({attack.name!r}, model=clean_model)"

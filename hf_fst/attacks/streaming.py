@@ -122,7 +122,7 @@ def poison_iterable_dataset(
         raise ValueError(f"dataset=: expected a datasets.IterableDataset, got {type(dataset).__name__}")
     rate = check_rate(poison_rate)
     attack = get_attack(attack)
-    if type(attack).prepare is not AttackConfig.prepare:
+    if attack.prepares_images:
         raise ValueError(
             f"attack={attack.name!r} needs an up-front pass over all poisoned images, which a stream cannot give; "
             "load the data set without streaming=True and use poison_dataset"

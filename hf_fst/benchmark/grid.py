@@ -3,8 +3,9 @@
 Each backdoored model is trained once per (data set, model, attack, rate, seed) and cached, then every
 tuning mode starts from it. Two threat models: by default each backdoored model is trained from scratch on
 poisoned data (the paper's); with `base_epochs` one clean base model per data set is trained once and each
-backdoor is implanted by fine-tuning it on poisoned data (cheaper, and labelled as such in every record). Each finished tuning run appends one JSON line to the results file; a cell
-whose record is already there is skipped, so an interrupted grid continues where it stopped.
+backdoor is implanted by fine-tuning it on poisoned data (cheaper, and labelled as such in every record).
+Each finished tuning run appends one JSON line to the results file; a cell whose record is already there is
+skipped, so an interrupted grid continues where it stopped.
 
 Images are decoded once into uint8 tensors and augmented in batches in torch, so that on a CPU the
 time goes into the model, not into the input pipeline.
@@ -42,10 +43,12 @@ from hf_fst.benchmark.tensors import (
     EvaluationSets,
     TensorImages,
     decode_images,
+    predict,
 )
 from hf_fst.columns import resolve_columns
 from hf_fst.console import progress_enabled
 from hf_fst.loading import load_image_dataset
+from hf_fst.metrics import clean_accuracy
 from hf_fst.tuning import TUNING_MODES, FSTConfig, FSTTrainer
 from hf_fst.tuning.config import parse_fst_alpha
 from hf_fst.tuning.search import strength_record
@@ -194,21 +197,19 @@ class GridRunner:
     def _train(
         self, model, images, labels, epochs, learning_rate, seed, output_dir, augment, flip, **overrides
     ) -> FSTTrainer:
-        args = FSTConfig(
-            output_dir=output_dir,
-            tuning_mode=overrides.pop("tuning_mode", "ft"),
-            num_train_epochs=epochs,
-            learning_rate=learning_rate,
-            per_device_train_batch_size=self.config.backdoor_batch_size,
-            seed=seed,
-            use_cpu=not torch.cuda.is_available(),
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=self.config.disable_tqdm or not progress_enabled(),
-            logging_strategy="no",
-            dataloader_drop_last=False,
-            **overrides,
-        )
+        settings = {
+            "tuning_mode": "ft",
+            "per_device_train_batch_size": self.config.backdoor_batch_size,
+            "seed": seed,
+            "use_cpu": not torch.cuda.is_available(),
+            "save_strategy": "no",
+            "report_to": "none",
+            "disable_tqdm": self.config.disable_tqdm or not progress_enabled(),
+            "logging_strategy": "no",
+            "dataloader_drop_last": False,
+        }
+        settings.update(overrides)  # the caller's settings win (the retuning attack brings its own batch size)
+        args = FSTConfig(output_dir=output_dir, num_train_epochs=epochs, learning_rate=learning_rate, **settings)
         trainer = FSTTrainer(
             model=model,
             args=args,
@@ -284,7 +285,7 @@ class GridRunner:
             ).model
             info = {"train_seconds": time.perf_counter() - start, "epochs": epochs, "learning_rate": learning_rate,
                     "augment": config.backdoor_augment, "seed": seed, "device": device_name()}  # fmt: skip
-            info["clean_accuracy"] = EvaluationSets.clean_only(data["test_images"], data["test_labels"], model)
+            info["clean_accuracy"] = clean_accuracy(predict(model, data["test_images"]), data["test_labels"])
             return model, info
 
         return self._cached(key, build)[0]
@@ -370,6 +371,7 @@ class GridRunner:
                 logger.info("skip %s %s %g seed %d: finished", dataset_name, attack_name, rate, seed)
                 continue
             model, evaluation, info = self.backdoored_model(dataset_name, attack_name, rate, seed)
+            w0_norm_squared = head_norm_squared(model)
             retuning = None
             if self.config.retuning_attack:
                 count, attack = pending[0][1]["num_tuning_samples"], self.attack(dataset_name, attack_name, seed)
@@ -388,7 +390,7 @@ class GridRunner:
                 record["num_poisoned"] = info["num_poisoned"]
                 record["dataset_source"] = self.load(dataset_name)["source"]
                 record["device"] = device_name()
-                record["head_weight_norm_squared"] = head_norm_squared(model)
+                record["head_weight_norm_squared"] = w0_norm_squared
                 strength = strength_record(trainer)  # what was used: paper units, scale-free, and any search
                 record["fst_alpha_effective"] = strength["fst_alpha"]
                 record["fst_alpha_normalized"] = strength["fst_alpha_normalized"]

@@ -13,18 +13,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from hf_fst.attacks import AttackConfig, poison_dataset
+from hf_fst.attacks import AttackConfig
 from hf_fst.benchmark.sources import DATASETS
 from hf_fst.benchmark.tensors import decode_images
-from hf_fst.robustness import RETUNING_SETTINGS
+from hf_fst.robustness import RETUNING_SETTINGS, poisoned_sample
 
 if TYPE_CHECKING:
     from hf_fst.benchmark.grid import GridRunner
 
 __all__ = ["retuning_tensors", "retune"]
-
-POISON_SAMPLE = 2000
-"""Training rows poisoned to draw the attack's images from (poisoning all 50,000 again would only cost time)."""
 
 
 def retuning_tensors(
@@ -36,8 +33,7 @@ def retuning_tensors(
     images, labels = data["train_images"][index].clone(), data["train_labels"][index].clone()
     if not 0 < num_poisoned <= len(index):
         raise ValueError(f"retuning_poisoned_samples={num_poisoned} must be in [1, {len(index)}] (the tuning set)")
-    sample = data["train"].shuffle(seed=seed + 1).select(range(min(POISON_SAMPLE, len(data["train"]))))
-    poisoned = poison_dataset(sample, attack, min(1.0, 2 * num_poisoned / len(sample)), seed=seed)
+    poisoned = poisoned_sample(data["train"], attack, num_poisoned, seed)
     flagged = np.flatnonzero(np.asarray(poisoned["is_poisoned"], dtype=bool))[:num_poisoned]
     rows = poisoned.select(flagged.tolist())
     images[:num_poisoned] = decode_images(
@@ -51,7 +47,6 @@ def retune(runner: GridRunner, model: Any, dataset_name: str, images: torch.Tens
     """A copy of `model` after the retuning attack (augmented as the grid's tuning runs are)."""
     settings = dict(RETUNING_SETTINGS)
     epochs, learning_rate = settings.pop("num_train_epochs"), settings.pop("learning_rate")
-    settings.pop("per_device_train_batch_size")  # the grid's batch size is 128 as well
     return runner._train(
         model, images, labels, epochs, learning_rate, seed, tempfile.mkdtemp(prefix="retuning-"),
         runner.config.tuning_augment, DATASETS[dataset_name]["flip"], **settings,

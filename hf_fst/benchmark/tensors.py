@@ -116,10 +116,6 @@ class EvaluationSets:
     backdoor_labels: np.ndarray
     backdoor_original_labels: np.ndarray
 
-    @staticmethod
-    def clean_only(images: torch.Tensor, labels: np.ndarray, model: torch.nn.Module) -> float:
-        return clean_accuracy(predict(model, images), labels)
-
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         clean = predict(model, self.clean_images)
         backdoor = predict(model, self.backdoor_images)

@@ -31,7 +31,7 @@ from transformers import set_seed
 
 from hf_fst import FSTConfig, FSTTrainer, backdoor_test_set, evaluate_backdoor
 from hf_fst.arguments import AttackArguments, DataArguments, ModelArguments, RecipeParser, recipe_parser
-from hf_fst.attacks import AttackConfig, get_attack, list_attacks
+from hf_fst.attacks import get_attack, list_attacks
 from hf_fst.console import configure_console
 from hf_fst.errors import ConfigurationError
 from hf_fst.hub import format_table, get_token_or_raise, push_to_hub, redacted_command, render_model_card
@@ -55,6 +55,7 @@ from hf_fst.outputs import (
     training_summary,
 )
 from hf_fst.robustness import (
+    poisoned_sample,
     retuning_args,
     retuning_attack,
     retuning_set,
@@ -244,7 +245,7 @@ def check_retuning(attack, streaming: bool, training_args: FSTConfig) -> None:
         raise ValueError(
             "--retuning_attack needs a map-style training split to draw poisoned images; drop --streaming"
         )
-    if type(attack).prepare is not AttackConfig.prepare:
+    if attack.prepares_images:
         raise ValueError(
             f"--retuning_attack with --attack {attack.name}: its poisoned images need the attacker's clean model; "
             "run the retuning attack for this attack through the benchmark grid (--retuning_attack true)"
@@ -254,14 +255,11 @@ def check_retuning(attack, streaming: bool, training_args: FSTConfig) -> None:
 
 
 def retuning_source(train_split, attack, purify_args: PurifyArguments, seed: int):
-    """Training rows poisoned by `attack`: a seeded sample, with twice the poisoned rows the retuning attack needs."""
-    from hf_fst.attacks import poison_dataset
-
-    sample = take(train_split, min(len(train_split), 2000), seed + 1)
-    count = 2 * purify_args.retuning_poisoned_samples
+    """Training rows poisoned by `attack`, for the retuning attack (refused in one line when none can be drawn)."""
     try:
-        return poison_dataset(sample, attack, min(1.0, count / len(sample)), seed=seed)
+        return poisoned_sample(train_split, attack, purify_args.retuning_poisoned_samples, seed)
     except ValueError as err:
+        count = 2 * purify_args.retuning_poisoned_samples
         raise ValueError(f"--retuning_attack: cannot draw {count} poisoned training images ({err})") from err
 
 
@@ -322,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
     screen = purify_args.trigger_screen if purify_args.trigger_screen is not None else attack is None
     screen_attacks = [
         match_attack_to_model(get_attack(name, target_label=0), model, processor, test_split, image_col)
-        for name in list_attacks()
+        for name in (list_attacks() if screen else [])
     ]
 
     def run_screen(current: torch.nn.Module) -> dict:

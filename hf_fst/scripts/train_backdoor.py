@@ -24,7 +24,6 @@ from transformers import AutoModelForImageClassification, set_seed
 
 from hf_fst import FSTConfig, FSTTrainer, backdoor_test_set, evaluate_backdoor, poison_dataset
 from hf_fst.arguments import AttackArguments, DataArguments, ModelArguments, RecipeParser, rate_or_raise, recipe_parser
-from hf_fst.attacks import AttackConfig
 from hf_fst.attacks.streaming import count_poisoned, poison_iterable_dataset
 from hf_fst.console import configure_console
 from hf_fst.errors import ConfigurationError
@@ -72,7 +71,9 @@ class TrainBackdoorArguments:
 class BackdoorAttackArguments(AttackArguments):
     """The attack to implant; BadNet unless told otherwise."""
 
-    attack: str | None = field(default="badnet", metadata={"help": "Attack name (badnet, blended, sig, wanet, lc, ...)."})
+    attack: str | None = field(
+        default="badnet", metadata={"help": "Attack name (badnet, blended, sig, wanet, lc, ...)."}
+    )
 
 
 def make_parser() -> RecipeParser:
@@ -145,12 +146,12 @@ def prepare(argv: list[str] | None = None) -> dict:
                 allow_pickle=model_args.allow_pickle_weights,
             )
         attack = attack_args.build(len(names), **extra)
-        if data_args.streaming and type(attack).prepare is not AttackConfig.prepare:
+        if data_args.streaming and attack.prepares_images:
             raise ValueError(
                 f"--attack={attack.name!r} needs every poisoned image up front, which a stream cannot give; "
                 "drop --streaming"
             )
-        if type(attack).prepare is not AttackConfig.prepare and getattr(attack, "model", None) is None:
+        if attack.prepares_images and getattr(attack, "model", None) is None:
             raise ValueError(
                 f"--attack={attack.name!r} needs a clean model for its perturbation; pass --attack_model_id <folder or Hub id>"
             )
