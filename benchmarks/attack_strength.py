@@ -79,7 +79,8 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out
 
 
-def train(images: np.ndarray, labels: np.ndarray, args, seed: int) -> ResNetForImageClassification:
+def train(images: np.ndarray, labels: np.ndarray, args, seed: int, trigger=None) -> ResNetForImageClassification:
+    """Train from scratch; `trigger=(attack, trigger_kinds)` for a training-time attack (WaNet), warped per batch."""
     model = make_model(seed)
     model.train()
     x_all = normalise(torch.from_numpy(images))
@@ -96,6 +97,8 @@ def train(images: np.ndarray, labels: np.ndarray, args, seed: int) -> ResNetForI
         for step in range(steps_per_epoch):
             index = order[step * args.batch_size : (step + 1) * args.batch_size]
             x = augment(x_all[index], generator) if args.augment else x_all[index]
+            if trigger is not None:
+                x = trigger[0].apply_during_training(x, trigger[1][index])
             logits = model(pixel_values=x).logits
             loss = F.cross_entropy(logits, y_all[index])
             optimizer.zero_grad(set_to_none=True)
@@ -177,6 +180,22 @@ def summarise(results: list[dict], output: Path) -> None:
     fig.savefig(output / "attack_strength.png", dpi=120)
 
 
+def fit_trigger(name: str, clean_model, images: np.ndarray, seed: int, output: Path) -> str:
+    """LF's or TrojanNN's trigger fitted on the clean model, saved next to the results."""
+    from hf_fst.attacks.lf import find_low_frequency_trigger
+    from hf_fst.attacks.trojannn import find_trojan_trigger, square_mask
+
+    normalisation = {"pixel_mean": MEAN, "pixel_std": STD}
+    if name == "lf":
+        rows = np.random.default_rng(seed).choice(len(images), size=100, replace=False)
+        trigger = find_low_frequency_trigger(clean_model, images[rows], target_label=0, seed=seed, **normalisation)
+    else:
+        trigger = find_trojan_trigger(clean_model, square_mask(*images.shape[1:3]), **normalisation)
+    path = output / f"{name}-trigger-s{seed}.npy"
+    np.save(path, trigger, allow_pickle=False)
+    return str(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default=os.environ.get("HF_FST_CIFAR10", str(DEFAULT_DATA)))
@@ -220,7 +239,8 @@ def main() -> None:
     for seed in args.seeds:
         base = {"seed": seed, "rate": args.rate, "train_rows": len(clean_x), "epochs": args.epochs}
         clean_model = None
-        need_clean = ("clean", seed) not in done or ("lc" in args.attacks and ("lc", seed) not in done)
+        needs_model = [name for name in ("lc", "lf", "trojannn") if name in args.attacks and (name, seed) not in done]
+        need_clean = ("clean", seed) not in done or bool(needs_model)
         if need_clean:
             start = time.perf_counter()
             print(f"[seed {seed}] clean model", flush=True)
@@ -245,6 +265,8 @@ def main() -> None:
                 if name == "lc"
                 else {}
             )
+            if name in ("lf", "trojannn"):  # the papers' triggers, fitted on this seed's clean model
+                params = {"pattern": fit_trigger(name, clean_model, clean_x, seed, output)}
             attack = get_attack(name, **params)
             poisoned = poison_dataset(train_set, attack, args.rate, seed=seed)
             x, y = decode_all(poisoned), labels_of(poisoned, "label")
@@ -254,7 +276,10 @@ def main() -> None:
             by, bo = labels_of(backdoor, "label"), labels_of(backdoor, "original_label")
             prep_s = time.perf_counter() - start
             print(f"[seed {seed}] {name}: {int(flags.sum())} poisoned rows, prepared in {prep_s:.0f}s", flush=True)
-            model = train(x, y, args, seed)
+            kinds = None
+            if attack.is_training_time:
+                kinds = torch.from_numpy(labels_of(poisoned, "trigger_kind"))
+            model = train(x, y, args, seed, None if kinds is None else (attack, kinds))
             clean_pred, backdoor_pred = predict(model, test_x), predict(model, bx)
             record(
                 {

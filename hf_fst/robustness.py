@@ -57,6 +57,8 @@ RETUNING_POISON_SAMPLE = 2000
 def poisoned_sample(dataset: Dataset, attack: Any, num_poisoned: int, seed: int) -> Dataset:
     """A seeded sample of `dataset` poisoned by `attack` with about twice `num_poisoned` poisoned rows."""
     sample = take(dataset, min(len(dataset), RETUNING_POISON_SAMPLE), seed + 1)
+    if attack.is_training_time:  # the attacker's rows carry the trigger itself (WaNet: the fixed warp)
+        attack = get_attack(attack, training_time=False)
     return poison_dataset(sample, attack, min(1.0, 2 * num_poisoned / len(sample)), seed=seed)
 
 

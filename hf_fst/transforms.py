@@ -26,6 +26,7 @@ __all__ = [
     "match_attack_to_model",
     "model_input_size",
     "native_image_size",
+    "processor_geometry",
 ]
 
 # Same neutral normalisation as transformers' IMAGENET_STANDARD_MEAN/STD: maps [0, 1] to [-1, 1].
@@ -196,6 +197,8 @@ class ImageClassificationTransform:
             "pixel_values": pixels.contiguous(),
             "labels": torch.as_tensor([int(v) for v in batch[self.label_column]], dtype=torch.long),
         }
+        if "trigger_kind" in batch:  # a training-time attack's rows (hf_fst.attacks.TriggerCollator)
+            out["trigger_kind"] = torch.as_tensor([int(v) for v in batch["trigger_kind"]], dtype=torch.int8)
         if self.keep_original_label and "original_label" in batch:
             out["original_label"] = torch.as_tensor([int(v) for v in batch["original_label"]], dtype=torch.long)
         return out
@@ -290,24 +293,118 @@ def default_image_processor(
 
 def native_image_size(dataset, image_column: str) -> tuple[int, int]:
     """(height, width) of the first image: the size used when neither processor nor config fixes one."""
-    image = _to_pil(dataset[0][image_column])
+    from datasets import IterableDataset
+
+    row = next(iter(dataset)) if isinstance(dataset, IterableDataset) else dataset[0]
+    image = _to_pil(row[image_column])
     return (image.height, image.width)
 
 
-def match_attack_to_model(attack: Any, model: Any, image_processor: Any, dataset, image_column: str):
-    """Apply the trigger at the model's input size when preprocessing resizes the images (BackdoorBench convention).
+def _resample_name(image_processor: Any) -> str:
+    value = getattr(image_processor, "resample", None)
+    if value is None:
+        return "bilinear"
+    try:
+        return Image.Resampling(int(value)).name.lower()
+    except (TypeError, ValueError):  # a torchvision InterpolationMode or a string
+        name = str(getattr(value, "value", value)).lower()
+        return name if name in ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming") else "bilinear"
 
-    A 3x3 BadNet patch put on a 32x32 image and then resized to 224x224 is no longer the attack that was asked for;
-    an explicit `image_size` in the attack parameters is kept as given.
+
+def _resized(image_processor: Any, native: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """(size after the processor's resize, size of its centre crop or None), as transformers computes them."""
+    if not getattr(image_processor, "do_resize", True):
+        resized = native
+    else:
+        size = getattr(image_processor, "size", None)
+        size = {k: getattr(size, k, None) for k in ("height", "width", "shortest_edge")} if size is not None else {}
+        size = {k: v for k, v in size.items() if v is not None} if not isinstance(size, Mapping) else size
+        edge = size.get("shortest_edge")
+        crop_pct = getattr(image_processor, "crop_pct", None)
+        if size.get("height") and size.get("width"):
+            resized = (int(size["height"]), int(size["width"]))
+        elif edge and crop_pct and type(image_processor).__name__.startswith("ConvNext"):
+            if edge >= 384:  # ConvNeXt warps large sizes to a square and does not crop
+                resized = (int(edge), int(edge))
+            else:
+                return _short_edge(native, int(int(edge) / crop_pct)), (int(edge), int(edge))
+        elif edge:
+            resized = _short_edge(native, int(edge))
+        else:
+            return native, None
+    crop = (
+        _pair(getattr(image_processor, "crop_size", None))
+        if getattr(image_processor, "do_center_crop", False)
+        else None
+    )
+    return resized, crop
+
+
+def _short_edge(native: tuple[int, int], edge: int) -> tuple[int, int]:
+    height, width = native
+    if width <= height:
+        return (int(edge * height / width), edge)
+    return (edge, int(edge * width / height))
+
+
+def processor_geometry(
+    image_processor: Any, native: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int, int, int] | None, str]:
+    """Where a `native`-sized image's pixels go in the processor: resized size, centre-crop window, filter.
+
+    Returns `(resized, view, resample)`: the (height, width) after the processor's resize, the
+    `(top, left, height, width)` window its centre crop keeps (None without a crop), and the PIL filter name. The
+    result is checked by running the processor itself on an image of the resized size: it must come back as
+    exactly that window, unchanged. A processor that does something else is refused with a clear error.
+    """
+    resized, crop = _resized(image_processor, native)
+    view = None
+    if crop is not None and crop != resized:
+        top, left = (resized[0] - crop[0]) // 2, (resized[1] - crop[1]) // 2
+        if top < 0 or left < 0:
+            raise ValueError(
+                f"image_processor: its crop {crop} is larger than its resized image {resized}; pass the attack an "
+                "explicit image_size instead"
+            )
+        view = (top, left, crop[0], crop[1])
+    probe = np.random.default_rng(0).integers(0, 256, (*resized, 3), dtype=np.uint8)
+    out = image_processor(images=[Image.fromarray(probe)], do_rescale=False, do_normalize=False, return_tensors="np")[
+        "pixel_values"
+    ][0]
+    top, left, height, width = view or (0, 0, *resized)
+    expected = probe[top : top + height, left : left + width].transpose(2, 0, 1)
+    if out.shape != expected.shape or not np.array_equal(np.rint(out).astype(np.int64), expected):
+        raise ValueError(
+            f"image_processor: {type(image_processor).__name__} does not reduce to a resize to {resized} and a "
+            f"centre crop {view}; give the attack an explicit image_size (triggers are then put at that size)"
+        )
+    return resized, view, _resample_name(image_processor)
+
+
+def match_attack_to_model(attack: Any, model: Any, image_processor: Any, dataset, image_column: str):
+    """Put the trigger where the model sees it when preprocessing resizes or crops the images.
+
+    A 3x3 BadNet patch put on a 32x32 image and then resized to 224x224 is no longer the attack that was asked for
+    (BackdoorBench applies triggers at the model's input size); a processor that resizes to 256 and centre-crops
+    224 (`crop_pct`) would also cut a corner trigger. So the poisoned rows are resized the way the processor resizes
+    (same size, same filter) and the trigger is put, at the model's input size, inside the window the crop keeps:
+    after the processor, it reaches `pixel_values` as specified. An explicit `image_size` in the attack parameters
+    is kept as given.
     """
     if getattr(attack, "image_size", None) is not None:
         return attack
-    size = model_input_size(getattr(model, "config", model), image_processor)
-    if size is None or size == native_image_size(dataset, image_column):
-        return attack
     from hf_fst.attacks import get_attack
 
-    return get_attack(attack, image_size=size)
+    if image_processor is None:
+        size = model_input_size(getattr(model, "config", model))
+        if size is None or size == native_image_size(dataset, image_column):
+            return attack
+        return get_attack(attack, image_size=size)
+    native = native_image_size(dataset, image_column)
+    resized, view, resample = processor_geometry(image_processor, native)
+    if resized == native and view is None:
+        return attack
+    return get_attack(attack, image_size=resized, model_view=view, resample=resample)
 
 
 def collate_image_batch(rows: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:

@@ -39,7 +39,7 @@ def _tiny_resnet(num_channels=3, seed=0):
 # ----------------------------------------------------------------------------------------------------------------
 # Registry and configs
 def test_registry_names_and_variants():
-    assert list_attacks() == ["badnet", "blended", "sig", "wanet", "lc", "adaptive-blend"]
+    assert list_attacks() == ["badnet", "blended", "sig", "wanet", "lc", "adaptive-blend", "lf", "trojannn"]
     assert isinstance(get_attack("BadNet"), BadNetConfig)
     assert isinstance(get_attack("adaptive_blend"), AdaptiveBlendConfig)
     assert isinstance(get_attack("Adaptive-Blend"), AdaptiveBlendConfig)
@@ -60,13 +60,14 @@ def test_defaults_follow_design():
     assert (lc.eps, lc.step_size, lc.steps, lc.trigger_size) == (8 / 255, 1.5 / 255, 100, 3)
     ab = get_attack("adaptive-blend")
     assert (ab.alpha, ab.test_alpha, ab.pieces, ab.mask_rate, ab.cover_rate) == (0.15, 0.2, 16, 0.5, None)
-    assert [get_attack(n).is_clean_label for n in list_attacks()] == [False, False, True, False, True, False]
+    clean_label = [get_attack(n).is_clean_label for n in list_attacks()]
+    assert clean_label == [False, False, True, False, True, False, False, False]
     for name in list_attacks():
         config = get_attack(name)
         assert config.label_mode == "all-to-one" and config.image_size is None
 
 
-@pytest.mark.parametrize("name", ["badnet", "blended", "sig", "wanet", "lc", "adaptive-blend"])
+@pytest.mark.parametrize("name", ["badnet", "blended", "sig", "wanet", "lc", "adaptive-blend", "lf", "trojannn"])
 def test_json_round_trip(name):
     config = get_attack(name, target_label=3, image_size=(40, 48))
     text = config.to_json()
@@ -84,6 +85,45 @@ def test_lc_json_records_the_model_but_not_its_weights():
     assert "model" not in data and data["model_name_or_path"] == "org/clean-resnet"
     assert json.loads(json.dumps(data)) == data
     assert LCConfig.from_dict(data).model is None
+
+
+def test_configs_rebuild_with_extras_and_a_model_never_enters_repr_or_equality():
+    model, other = _tiny_resnet(), _tiny_resnet()
+    data = get_attack("lc", steps=2, model_name_or_path="org/clean").to_dict()
+    # Extra (non-serialised) arguments reach the rebuilt config, through the base class and the subclass.
+    assert AttackConfig.from_dict(data, model=model).model is model
+    assert LCConfig.from_dict(data, model=model).model is model
+    assert AttackConfig.from_json(json.dumps(data), model=model).model is model
+    # A subclass rebuilds from its fields alone (no name), keeping every value given.
+    assert BadNetConfig.from_dict({"patch_size": 5, "value": 128}) == BadNetConfig(patch_size=5, value=128)
+    with pytest.raises(ValueError, match=r"^config name 'sig' does not match BadNetConfig"):
+        BadNetConfig.from_dict({"name": "sig"})
+    assert "\n" in get_attack("badnet").to_json(indent=2)  # json.dumps options pass through
+    one = LCConfig(model=model, model_name_or_path="org/clean")
+    assert one == LCConfig(model=other, model_name_or_path="org/clean") and "model=" not in repr(one)
+    assert LCConfig().model is None
+
+
+def test_register_attack_adds_a_subclass_and_refuses_anything_else():
+    from dataclasses import dataclass
+
+    from hf_fst.attacks import ATTACKS, register_attack
+
+    @dataclass
+    class Dim(BadNetConfig):
+        name = "dim-patch"
+
+        def apply(self, images, kind="poison", seeds=None):
+            return images // 2
+
+    try:
+        assert register_attack(Dim) is Dim and ATTACKS["dim-patch"] is Dim
+        assert type(get_attack("Dim_Patch", patch_size=2)) is Dim and "dim-patch" in list_attacks()
+    finally:
+        ATTACKS.pop("dim-patch", None)
+    for bad in (BadNetConfig(), int, "badnet"):
+        with pytest.raises(ValueError, match=r"^config_class=.*: expected an AttackConfig subclass"):
+            register_attack(bad)
 
 
 def test_config_validation():
@@ -237,6 +277,39 @@ def test_lc_pgd_respects_the_linf_bound_and_raises_the_loss():
     assert np.abs(LCConfig(eps=4 / 255, model=model, steps=3).prepare(images, labels).astype(int) - images).max() <= 4
     with pytest.raises(ValueError, match="model=: the clean model takes 3 channels but the images have 1"):
         config.prepare(images[..., :1], labels)
+
+
+def test_lc_pgd_matches_a_hand_written_loop_with_normalisation_and_batches():
+    """Every detail of the PGD (normalisation, sign step, clamps, batching, rounding) against a plain loop."""
+    model = _tiny_resnet()
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    config = LCConfig(model=model, steps=3, eps=6 / 255, step_size=2.5 / 255, pgd_batch_size=4,
+                      pixel_mean=mean, pixel_std=std)  # fmt: skip
+    images = _images(7)
+    images[0, :4, :4] = 0  # pixels at the bounds: the [0, 1] clamp matters
+    images[1, :4, :4] = 255
+    labels = np.array([0, 1, 2, 0, 1, 2, 0])
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    expected = []
+    for start in (0, 4):  # batches of 4: the last one has 3 images
+        x0 = torch.from_numpy(images[start : start + 4].astype(np.float32)).permute(0, 3, 1, 2) / 255
+        y = torch.from_numpy(labels[start : start + 4])
+        delta = torch.zeros_like(x0)
+        for _ in range(3):
+            delta.requires_grad_(True)
+            loss = F.cross_entropy(model.eval()(pixel_values=((x0 + delta).clamp(0, 1) - m) / s).logits, y)
+            (grad,) = torch.autograd.grad(loss, delta)
+            delta = ((delta + 2.5 / 255 * grad.sign()).clamp(-6 / 255, 6 / 255) + x0).clamp(0, 1) - x0
+            delta = delta.detach()
+        expected.append(((x0 + delta).clamp(0, 1) * 255).permute(0, 2, 3, 1).numpy())
+    expected = np.clip(np.rint(np.concatenate(expected)), 0, 255).astype(np.uint8)
+    got = config.prepare(images, labels)
+    np.testing.assert_array_equal(got, expected)
+    assert np.abs(got.astype(int) - images).max() == 6  # two steps of 2.5 reach the bound of 6
+    assert (got[0, :4, :4] == 0).mean() > 0.2 and (got[1, :4, :4] == 255).mean() > 0.2  # clamped, not wrapped
+    # Zero steps: the images come back unchanged.
+    np.testing.assert_array_equal(LCConfig(model=model, steps=0).prepare(images, labels), images)
 
 
 def test_adaptive_blend_cover_rows_keep_masked_tiles_untouched():

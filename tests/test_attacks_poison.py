@@ -96,7 +96,7 @@ def test_cover_and_cross_rows_keep_their_labels():
     ds = _dataset(200)
     before = _pixels(ds)
     for name, ratio in [("adaptive-blend", 1), ("wanet", 2)]:
-        attack = get_attack(name)
+        attack = get_attack(name, training_time=False) if name == "wanet" else get_attack(name)
         out = poison_dataset(ds, attack, 0.05, seed=3)
         plan = plan_poisoning(ds["label"], attack, 0.05, seed=3)
         assert len(plan.poison_indices) == 10 and len(plan.cover_indices) == 10 * ratio
@@ -109,6 +109,32 @@ def test_cover_and_cross_rows_keep_their_labels():
         np.testing.assert_array_equal(
             np.array(out["label"])[plan.cover_indices], np.array(ds["label"])[plan.cover_indices]
         )
+
+
+def test_training_time_attack_chooses_rows_and_labels_but_leaves_pixels():
+    ds = _dataset(200)
+    attack = get_attack("wanet", target_label=4)
+    assert attack.is_training_time and not get_attack("wanet", training_time=False).is_training_time
+    out = poison_dataset(ds, attack, 0.05, seed=3)
+    plan = plan_poisoning(ds["label"], attack, 0.05, seed=3)
+    kinds = np.array(out["trigger_kind"])
+    np.testing.assert_array_equal(np.flatnonzero(kinds == 1), plan.poison_indices)
+    np.testing.assert_array_equal(np.flatnonzero(kinds == 2), plan.cover_indices)
+    assert (kinds > 0).sum() == 30
+    np.testing.assert_array_equal(np.flatnonzero(out["is_poisoned"]), plan.poison_indices)
+    labels = np.array(out["label"])
+    assert set(labels[plan.poison_indices]) == {4}
+    np.testing.assert_array_equal(labels[plan.cover_indices], np.array(ds["label"])[plan.cover_indices])
+    for a, b in zip(_pixels(ds), _pixels(out), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The backdoor test set is stored warped by the fixed grid, as the static attack warps it.
+    stored = backdoor_test_set(ds, attack)
+    static = backdoor_test_set(ds, get_attack("wanet", target_label=4, training_time=False))
+    for a, b in zip(_pixels(stored), _pixels(static), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert set(stored["trigger_kind"]) == {0}
+    # Static attacks get no trigger_kind column.
+    assert "trigger_kind" not in poison_dataset(ds, "badnet", 0.05).column_names
 
 
 def test_backdoor_test_set_excludes_the_target_class():

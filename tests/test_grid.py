@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from shared_data import CIFAR, cifar_data_dir
@@ -130,7 +131,7 @@ def test_grid_second_threat_model_and_strength_records(tmp_path):
     """One clean base, backdoors implanted by fine-tuning it; every record says so and carries the strengths."""
     config = GridConfig(
         data_dir=str(cifar_data_dir(tmp_path)),
-        attacks=["badnet", "blended"],
+        attacks=["badnet", "wanet"],  # WaNet: warped per batch by the grid's collator; its retuning rows stored
         poison_rates=[0.1],
         tuning_modes=["ft", "fst"],
         seeds=[0],
@@ -165,9 +166,45 @@ def test_grid_second_threat_model_and_strength_records(tmp_path):
         assert all(r["retuning_poisoned_samples"] == 3 for r in cell)
         assert all(0 <= r[k] <= 1 for r in cell for k in ("retuning_attack_success_rate", "retuning_clean_accuracy"))
         assert cell[0]["before_retuning_attack_success_rate"] == cell[1]["before_retuning_attack_success_rate"]
+    assert records[2]["attack_config"]["training_time"] is True and records[2]["num_poisoned"] == 30
+    assert records[0]["attack_config"]["name"] == "badnet" and records[0]["attack_config"]["patch_size"] == 3
     ft, fst = records[0], records[1]
     assert ft["fst_alpha"] is None and ft["fst_alpha_normalized"] is None and ft["max_accuracy_drop"] is None
     assert fst["fst_alpha"] == "auto" and fst["max_accuracy_drop"] == 0.05
     search = fst["fst_alpha_search"]
     assert len(search["tries"]) == 3 and fst["fst_alpha_normalized"] == pytest.approx(search["chosen"])
     assert fst["fst_alpha_effective"] == pytest.approx(search["chosen"] / fst["head_weight_norm_squared"], rel=1e-4)
+
+
+def test_grid_fits_lf_and_trojannn_triggers_on_its_clean_model_once(tmp_path):
+    config = GridConfig(
+        data_dir=str(cifar_data_dir(tmp_path)),
+        attacks=["lf", "trojannn"],
+        poison_rates=[0.1],
+        tuning_modes=["ft"],
+        seeds=[0],
+        model="preact-resnet-18-w0.25",
+        num_train_images=200,
+        num_test_images=100,
+        base_epochs=1,
+        backdoor_epochs=1,
+        num_tuning_samples=40,
+        tuning_epochs=1,
+        results_file=str(tmp_path / "results.jsonl"),
+        cache_dir=str(tmp_path / "cache"),
+        disable_tqdm=True,
+    )
+    records = GridRunner(config).run()
+    triggers = sorted(Path(config.cache_dir).glob("*-trigger-*.npy"))
+    assert [p.name.split("-trigger-")[0].rsplit("-", 1)[1] for p in triggers] == ["lf", "trojannn"]
+    for record, path in zip(records, triggers, strict=True):
+        assert record["attack_config"]["pattern"] == str(path)
+        array = np.load(path, allow_pickle=False)
+        assert array.shape == (32, 32, 3) and array.min() >= 0 and array.max() <= 1
+    lf, trojan = (np.load(p, allow_pickle=False) for p in triggers)
+    assert lf.max() == pytest.approx(0.2, abs=1e-6)  # rescaled to the paper's range
+    assert (trojan[:22] == 0).all() and (trojan[22:, 22:] > 0).any()  # only inside the bottom-right mask
+    stamps = [p.stat().st_mtime_ns for p in triggers]
+    config.tuning_modes = ["ft", "lp"]
+    GridRunner(config).run()
+    assert [p.stat().st_mtime_ns for p in triggers] == stamps  # fitted once, then read back

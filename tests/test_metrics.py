@@ -109,6 +109,12 @@ def test_compute_backdoor_metrics():
     )
     clean = compute_backdoor_metrics(EvalPrediction(predictions=logits, label_ids=(np.zeros(4), np.zeros(4))))
     assert math.isnan(clean["attack_success_rate"])
+    # Models that return more than logits: the Trainer hands a tuple whose first entry is the logits.
+    hidden = np.eye(10)[[3, 3, 3, 3]]
+    with_hidden = EvalPrediction(predictions=(logits, hidden), label_ids=np.array([0, 1, 1, 2]))
+    assert compute_backdoor_metrics(with_hidden) == {"accuracy": 0.75}
+    with pytest.raises(ValueError, match=r"^predictions=: expected class ids \(n,\) or logits"):
+        compute_backdoor_metrics(EvalPrediction(predictions=np.zeros((2, 2, 2)), label_ids=np.zeros(2)))
 
 
 def test_compute_backdoor_metrics_in_a_trainer(tmp_path):

@@ -365,3 +365,32 @@ def test_purify_with_the_retuning_attack(backdoored, cifar_small, tmp_path):
     card = (out / "README.md").read_text()
     assert "## Retuning attack" in card and "first 3 images replaced by poisoned" in card
     assert f"{100 * saved['retuning_attack_success_rate']:.2f}%" in card
+
+
+def test_train_backdoor_warps_wanet_rows_during_training(cifar_small, tmp_path, caplog):
+    """WaNet's rows reach the Trainer unwarped with their trigger_kind, and the collator warps them per batch."""
+    import hf_fst.attacks.wanet as wanet
+
+    calls = []
+    original = wanet.WaNetConfig.apply_during_training
+
+    def counting(self, pixels, kinds):
+        calls.append(torch.as_tensor(kinds).bincount(minlength=3).tolist())
+        return original(self, pixels, kinds)
+
+    wanet.WaNetConfig.apply_during_training = counting
+    try:
+        results = load_recipe("train_backdoor").main(
+            [
+                "--dataset_name", str(cifar_small), "--model_id", str(tiny_model(tmp_path / "init")),
+                "--attack", "wanet", "--poison_rate", "0.1", "--num_train_epochs", "2", "--learning_rate", "0.05",
+                "--per_device_train_batch_size", "64", "--output_dir", str(tmp_path / "out"), "--seed", "0", *FAST,
+            ]
+        )  # fmt: skip
+    finally:
+        wanet.WaNetConfig.apply_during_training = original
+    assert results["num_poisoned"] == 40
+    # Every epoch: all 40 poisoned and 80 cross rows, spread over the 7 batches of 64 (a few batches may have none).
+    totals = torch.tensor(calls).sum(0).tolist()
+    assert totals[1] == 2 * 40 and totals[2] == 2 * 80
+    assert results["attack"]["training_time"] is True

@@ -6,7 +6,7 @@
     train = poison_dataset(ds["train"], attack, poison_rate=0.05, seed=0)
     asr_set = backdoor_test_set(ds["test"], attack)
 
-Registered attacks: `badnet`, `blended`, `sig`, `wanet`, `lc`, `adaptive-blend`. Each config is a dataclass with
+Registered attacks: `badnet`, `blended`, `sig`, `wanet`, `lc`, `adaptive-blend`, `lf`, `trojannn`. Each config is a dataclass with
 the BackdoorBench defaults the FST paper uses and serialises with `to_dict()` / `to_json()`.
 """
 
@@ -15,10 +15,13 @@ from hf_fst.attacks.badnet import BadNetConfig
 from hf_fst.attacks.base import AttackConfig
 from hf_fst.attacks.blended import BlendedConfig
 from hf_fst.attacks.lc import LCConfig
+from hf_fst.attacks.lf import LFConfig
 from hf_fst.attacks.poison import PoisonPlan, backdoor_test_set, plan_poisoning, poison_dataset
 from hf_fst.attacks.registry import ATTACKS, get_attack, list_attacks, register_attack
 from hf_fst.attacks.sig import SIGConfig
 from hf_fst.attacks.streaming import count_poisoned, poison_iterable_dataset
+from hf_fst.attacks.training_time import TriggerCollator
+from hf_fst.attacks.trojannn import TrojanNNConfig
 from hf_fst.attacks.wanet import WaNetConfig
 
 __all__ = [
@@ -28,8 +31,11 @@ __all__ = [
     "BadNetConfig",
     "BlendedConfig",
     "LCConfig",
+    "LFConfig",
     "PoisonPlan",
     "SIGConfig",
+    "TriggerCollator",
+    "TrojanNNConfig",
     "WaNetConfig",
     "backdoor_test_set",
     "count_poisoned",

@@ -16,10 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import torch
 
-__all__ = ["AttackConfig", "LABEL_MODES", "Kind", "scale_to", "to_uint8", "transient_field"]
+__all__ = ["AttackConfig", "LABEL_MODES", "Kind", "RESAMPLING", "scale_to", "to_uint8", "transient_field"]
 
 LABEL_MODES = ("all-to-one", "all-to-all")
+
+# PIL resampling filters by name (the names transformers' processors use, lower-cased).
+RESAMPLING = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
 
 # What a selected row becomes: a poisoned training row (trigger + target label), a cover/cross row
 # (modified image, true label kept), or a row of the backdoor test set (test-time trigger).
@@ -54,6 +58,13 @@ class AttackConfig:
             size instead of being resampled by the preprocessing. Only the rows that are re-encoded (poisoned, cover
             and backdoor-test rows) are resized; the model's preprocessing resizes the clean rows to the same size.
             `None` keeps each image's native size and scales the trigger to it.
+        model_view (`(top, left, height, width)`, *optional*):
+            The part of an `image_size` image the model sees when its processor centre-crops after resizing
+            (`crop_pct`, `do_center_crop`). The trigger is put inside this window and scaled to it, so it reaches
+            `pixel_values` as specified instead of being cut by the crop. Needs `image_size`.
+        resample (`str`, defaults to `"bilinear"`):
+            PIL filter used for the resize to `image_size`. Set to the processor's own filter so poisoned and clean
+            rows are resized the same way (a second resampling path would be a signal besides the trigger).
     """
 
     name: ClassVar[str] = "base"
@@ -62,6 +73,8 @@ class AttackConfig:
     target_label: int = 0
     label_mode: str = "all-to-one"
     image_size: int | tuple[int, int] | None = None
+    model_view: tuple[int, int, int, int] | None = None
+    resample: str = "bilinear"
 
     def __post_init__(self) -> None:
         if isinstance(self.target_label, bool) or not isinstance(self.target_label, (int, np.integer)):
@@ -84,6 +97,24 @@ class AttackConfig:
             if len(size) != 2 or min(size) < 1:
                 raise ValueError(f"image_size={self.image_size!r}: expected a positive int or (height, width)")
             self.image_size = size
+        if self.resample not in RESAMPLING:
+            raise ValueError(f"resample={self.resample!r}: expected one of {list(RESAMPLING)}")
+        if self.model_view is not None:
+            view = tuple(int(v) for v in self.model_view)
+            if self.image_size is None:
+                raise ValueError(f"model_view={self.model_view!r} needs image_size, the size the view is taken from")
+            top, left, height, width = view if len(view) == 4 else (-1, -1, 0, 0)
+            if (
+                min(top, left) < 0
+                or min(height, width) < 1
+                or top + height > self.image_size[0]
+                or (left + width > self.image_size[1])
+            ):
+                raise ValueError(
+                    f"model_view={self.model_view!r}: expected (top, left, height, width) inside "
+                    f"image_size={self.image_size}"
+                )
+            self.model_view = view
 
     # ----------------------------------------------------------------------------------------------------------
     # Serialisation
@@ -158,6 +189,46 @@ class AttackConfig:
             A new uint8 array of the same shape.
         """
         raise NotImplementedError
+
+    @property
+    def is_training_time(self) -> bool:
+        """Whether the training trigger is applied during training (`apply_during_training`) instead of stored.
+
+        `poison_dataset` then chooses and relabels the rows as usual but leaves their pixels alone and adds a
+        `trigger_kind` column (0 clean, 1 poisoned, 2 cover); the training loop applies the trigger to each batch
+        after the loader's augmentation (`hf_fst.attacks.TriggerCollator`). Backdoor test sets are stored triggered.
+        """
+        return False
+
+    def apply_during_training(self, pixels: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """The training trigger on a batch of model inputs `(n, channels, height, width)`, drawn afresh each call.
+
+        `kinds` holds one `trigger_kind` per row (0 leaves the row alone). Only training-time attacks implement it.
+        """
+        raise NotImplementedError(f"{self.name} is not a training-time attack; its triggers are stored in the data")
+
+    def apply_in_view(self, images: np.ndarray, kind: Kind = "poison", seeds: np.ndarray | None = None) -> np.ndarray:
+        """`apply` on the part of the images the model sees (`model_view`), the rest left as it is."""
+        if self.model_view is None:
+            return self.apply(images, kind, seeds)
+        top, left, height, width = self.model_view
+        out = images.copy()
+        window = np.ascontiguousarray(images[:, top : top + height, left : left + width])
+        out[:, top : top + height, left : left + width] = self.apply(window, kind, seeds)
+        return out
+
+    def prepare_in_view(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+        """`prepare` on the part of the images the model sees (`model_view`)."""
+        if self.model_view is None:
+            return self.prepare(images, labels)
+        top, left, height, width = self.model_view
+        window = np.ascontiguousarray(images[:, top : top + height, left : left + width])
+        prepared = self.prepare(window, labels)
+        if prepared is None:
+            return None
+        out = images.copy()
+        out[:, top : top + height, left : left + width] = prepared
+        return out
 
     def describe(self) -> str:
         """One line for logs and model cards."""

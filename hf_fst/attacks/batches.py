@@ -19,7 +19,7 @@ from hf_fst.attacks.registry import get_attack
 
 __all__ = ["COVER", "NEW_COLUMNS", "POISON", "TEST", "check_rate", "decode_colors", "grouped", "transform_table"]
 
-NEW_COLUMNS = ("is_poisoned", "original_label")
+NEW_COLUMNS = ("is_poisoned", "original_label", "trigger_kind")
 
 
 POISON, COVER, TEST = 1, 2, 3
@@ -37,7 +37,9 @@ def check_rate(poison_rate: Any) -> float:
     return rate
 
 
-def _decode(value: Any, feature: Image, image_size: tuple[int, int] | None) -> PILImage.Image:
+def _decode(
+    value: Any, feature: Image, image_size: tuple[int, int] | None, resample: str = "bilinear"
+) -> PILImage.Image:
     """Decode one raw image value to a PIL image in a mode the triggers handle (RGB, L, RGBA, LA)."""
     image = dataclasses.replace(feature, decode=True).decode_example(value)
     mode = image.mode
@@ -52,7 +54,7 @@ def _decode(value: Any, feature: Image, image_size: tuple[int, int] | None) -> P
     elif mode not in ("RGB", "L", "RGBA", "LA"):
         image = image.convert("RGB")
     if image_size is not None and image.size != (image_size[1], image_size[0]):
-        image = image.resize((image_size[1], image_size[0]), PILImage.Resampling.BILINEAR)
+        image = image.resize((image_size[1], image_size[0]), PILImage.Resampling[resample.upper()])
     return image
 
 
@@ -77,8 +79,10 @@ def _encode(color: np.ndarray, alpha: np.ndarray | None) -> dict[str, Any]:
     return {"bytes": buffer.getvalue(), "path": None}
 
 
-def decode_colors(values: list[Any], feature: Image, image_size: tuple[int, int] | None) -> list[np.ndarray]:
-    return [_split_alpha(_decode(value, feature, image_size))[0] for value in values]
+def decode_colors(
+    values: list[Any], feature: Image, image_size: tuple[int, int] | None, resample: str = "bilinear"
+) -> list[np.ndarray]:
+    return [_split_alpha(_decode(value, feature, image_size, resample))[0] for value in values]
 
 
 def grouped(shapes: list[tuple[int, ...]], keys: list[Any]) -> dict[tuple, list[int]]:
@@ -111,10 +115,27 @@ def transform_table(
     hit[hit] = plan_indices[where[hit]] == rows[hit]
     positions = np.flatnonzero(hit)
     is_poisoned = np.zeros(num_rows, dtype=bool)
+    attack = get_attack(attack_config["name"], **{k: v for k, v in attack_config.items() if k != "name"})
+    trigger_kind = np.zeros(num_rows, dtype=np.int8) if attack.is_training_time else None
+    if trigger_kind is not None and len(positions):
+        # Training-time attacks: choose and relabel here, trigger in the training loop (test rows are stored).
+        kinds = plan_kinds[where[positions]]
+        trigger_kind[positions] = np.where(kinds == TEST, 0, kinds)
+        positions = positions[kinds == TEST]
+        if len(kinds) > len(positions):
+            new_labels = labels.to_numpy().astype(np.int64)
+            training = np.flatnonzero(hit)[kinds != TEST]
+            new_labels[training] = plan_labels[where[training]]
+            is_poisoned[training] = plan_kinds[where[training]] == POISON
+            table = table.set_column(
+                table.column_names.index(label_column), label_column, pa.array(new_labels, type=labels.type)
+            )
     if len(positions):
-        attack = get_attack(attack_config["name"], **{k: v for k, v in attack_config.items() if k != "name"})
         images = table.column(image_column).combine_chunks()
-        decoded = [_decode(value, image_feature, attack.image_size) for value in images.take(positions).to_pylist()]
+        decoded = [
+            _decode(value, image_feature, attack.image_size, attack.resample)
+            for value in images.take(positions).to_pylist()
+        ]
         colors, alphas = (list(x) for x in zip(*(_split_alpha(image) for image in decoded), strict=True))
         slots = where[positions]
         kinds = plan_kinds[slots]
@@ -123,14 +144,16 @@ def transform_table(
                 if kinds[j] == POISON and row in prepared:
                     colors[j] = prepared[row]
         for (kind, *_), members in grouped([c.shape for c in colors], kinds.tolist()).items():
-            out = attack.apply(np.stack([colors[m] for m in members]), _KIND_NAMES[kind], plan_seeds[slots[members]])
+            out = attack.apply_in_view(
+                np.stack([colors[m] for m in members]), _KIND_NAMES[kind], plan_seeds[slots[members]]
+            )
             for m, image in zip(members, out, strict=True):
                 colors[m] = image
         encoded = pa.array([_encode(c, a) for c, a in zip(colors, alphas, strict=True)], type=images.type)
         order = np.arange(num_rows)
         order[positions] = num_rows + np.arange(len(positions))
         new_images = pa.concat_arrays([images, encoded]).take(pa.array(order))
-        new_labels = labels.to_numpy().astype(np.int64)
+        new_labels = table.column(label_column).to_numpy().astype(np.int64)
         new_labels[positions] = plan_labels[slots]
         is_poisoned[positions] = kinds != COVER
         table = table.set_column(table.column_names.index(image_column), image_column, new_images)
@@ -138,4 +161,7 @@ def transform_table(
             table.column_names.index(label_column), label_column, pa.array(new_labels, type=labels.type)
         )
     table = table.append_column("is_poisoned", pa.array(is_poisoned))
-    return table.append_column("original_label", labels)
+    table = table.append_column("original_label", labels)
+    if trigger_kind is not None:
+        table = table.append_column("trigger_kind", pa.array(trigger_kind))
+    return table

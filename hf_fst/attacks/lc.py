@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_fst.attacks.base import AttackConfig, Kind, scale_to, transient_field
+from hf_fst.attacks.fitted import logits_of, model_inputs
 from hf_fst.console import progress
 
 __all__ = ["LCConfig", "checker_trigger"]
@@ -99,11 +100,7 @@ class LCConfig(AttackConfig):
                 f"model=: the clean model takes {expected} channels but the images have {images.shape[-1]}; "
                 "convert the images or pass a model for their mode"
             )
-        parameter = next(model.parameters(), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
-        channels = images.shape[-1]
-        mean = torch.tensor(self.pixel_mean or [0.0] * channels, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(self.pixel_std or [1.0] * channels, device=device).view(1, -1, 1, 1)
+        device, mean, std = model_inputs(model, images.shape[-1], self.pixel_mean, self.pixel_std)
         was_training = model.training
         model.eval()
         out = np.empty_like(images)
@@ -119,7 +116,7 @@ class LCConfig(AttackConfig):
                 delta = torch.zeros_like(x0)
                 for _ in range(self.steps):
                     delta.requires_grad_(True)
-                    logits = _logits(model((torch.clamp(x0 + delta, 0, 1) - mean) / std))
+                    logits = logits_of(model((torch.clamp(x0 + delta, 0, 1) - mean) / std))
                     (grad,) = torch.autograd.grad(F.cross_entropy(logits, y), delta)
                     with torch.no_grad():
                         delta = torch.clamp(delta + self.step_size * grad.sign(), -self.eps, self.eps)
@@ -145,7 +142,3 @@ class LCConfig(AttackConfig):
         for rows, cols in self.corner_slices(height, width):
             out[:, rows, cols, :] = pattern
         return out
-
-
-def _logits(output: Any) -> torch.Tensor:
-    return output.logits if hasattr(output, "logits") else output

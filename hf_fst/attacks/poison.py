@@ -205,11 +205,13 @@ def _prepare(
     raw = dataset.select_columns([image_column]).cast_column(
         image_column, dataclasses.replace(image_feature, decode=False)
     )
-    colors = decode_colors(list(raw.select(poison_rows)[image_column]), image_feature, attack.image_size)
+    colors = decode_colors(
+        list(raw.select(poison_rows)[image_column]), image_feature, attack.image_size, attack.resample
+    )
     labels = plan.labels[plan.kinds == POISON]
     prepared: dict[int, np.ndarray] = {}
     for (_, *_shape), members in grouped([c.shape for c in colors], [0] * len(colors)).items():
-        out = attack.prepare(np.stack([colors[m] for m in members]), labels[members])
+        out = attack.prepare_in_view(np.stack([colors[m] for m in members]), labels[members])
         for m, image in zip(members, out, strict=True):
             prepared[int(poison_rows[m])] = image
     return prepared
@@ -235,6 +237,8 @@ def _apply_plan(
     features[image_column] = raw_feature
     features["is_poisoned"] = Value("bool")
     features["original_label"] = dataset.features[label_column]
+    if attack.is_training_time:
+        features["trigger_kind"] = Value("int8")
     prepared_digest = None
     if prepared:
         digest = hashlib.sha256()
@@ -300,6 +304,11 @@ def poison_dataset(
     for dirty-label attacks the target label) and `original_label` (the label before poisoning). Cover/cross rows
     (Adaptive-Blend, WaNet noise mode) have a modified image, keep their label and have `is_poisoned=False`; use
     `plan_poisoning` to get their indices. Modified rows are stored as PNG; the others keep their original bytes.
+
+    A training-time attack (`attack.is_training_time`: WaNet by default) is chosen and relabelled here but its
+    pixels are left alone: a `trigger_kind` column (0 clean, 1 poisoned, 2 cover) tells the training loop which
+    rows to trigger in each batch (`hf_fst.attacks.TriggerCollator`, used by the recipes and the benchmark
+    grid). Without that collator the relabelled rows carry no trigger: label noise, not a backdoor.
 
     Args:
         dataset: one split of an image-classification dataset.

@@ -10,13 +10,22 @@ from hf_fst.attacks.badnet import BadNetConfig
 from hf_fst.attacks.base import AttackConfig
 from hf_fst.attacks.blended import BlendedConfig
 from hf_fst.attacks.lc import LCConfig
+from hf_fst.attacks.lf import LFConfig
 from hf_fst.attacks.sig import SIGConfig
+from hf_fst.attacks.trojannn import TrojanNNConfig
 from hf_fst.attacks.wanet import WaNetConfig
 
 __all__ = ["ATTACKS", "get_attack", "list_attacks", "register_attack"]
 
 ATTACKS: dict[str, type[AttackConfig]] = {}
-_ALIASES = {"badnets": "badnet", "blend": "blended", "label-consistent": "lc", "adaptiveblend": "adaptive-blend"}
+_ALIASES = {
+    "badnets": "badnet",
+    "blend": "blended",
+    "label-consistent": "lc",
+    "adaptiveblend": "adaptive-blend",
+    "low-frequency": "lf",
+    "trojan-nn": "trojannn",
+}
 
 
 def _normalize(name: str) -> str:
@@ -32,7 +41,16 @@ def register_attack(config_class: type[AttackConfig]) -> type[AttackConfig]:
     return config_class
 
 
-for _cls in (BadNetConfig, BlendedConfig, SIGConfig, WaNetConfig, LCConfig, AdaptiveBlendConfig):
+for _cls in (
+    BadNetConfig,
+    BlendedConfig,
+    SIGConfig,
+    WaNetConfig,
+    LCConfig,
+    AdaptiveBlendConfig,
+    LFConfig,
+    TrojanNNConfig,
+):
     register_attack(_cls)
 
 

@@ -167,6 +167,8 @@ def poison_iterable_dataset(
     out_features[image_column] = raw_feature
     out_features["is_poisoned"] = Value("bool")
     out_features["original_label"] = label_feature
+    if attack.is_training_time:
+        out_features["trigger_kind"] = Value("int8")
     raw = dataset.cast_column(image_column, raw_feature).with_format("arrow")
     out = raw.map(
         _stream_batch,

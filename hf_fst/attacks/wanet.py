@@ -59,6 +59,12 @@ class WaNetConfig(AttackConfig):
             Cross rows per poisoned row in noise mode.
         grid_seed (`int`, defaults to 0):
             Seed of the control points (part of the trigger).
+        training_time (`bool`, defaults to `True`):
+            Warp during training, as the paper and BackdoorBench do: the poisoned rows of every batch are warped
+            after the loader's augmentation and the cross rows get fresh noise, so every epoch sees new cross
+            samples (both then augment the batch a second time, with rotation; hf-fst does not). `False` stores
+            warped rows once (`poison_dataset` alone then makes the training set): fixed cross samples, and a warp
+            that the loader's crop and flip move around.
     """
 
     name: ClassVar[str] = "wanet"
@@ -69,6 +75,7 @@ class WaNetConfig(AttackConfig):
     noise_mode: bool = True
     cross_ratio: float = 2.0
     grid_seed: int = 0
+    training_time: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -84,6 +91,31 @@ class WaNetConfig(AttackConfig):
 
     def grid(self, height: int, width: int) -> torch.Tensor:
         return _warp_grid(self.k, float(self.s), float(self.grid_rescale), self.grid_seed, height, width)
+
+    @property
+    def is_training_time(self) -> bool:
+        return bool(self.training_time)
+
+    def apply_during_training(self, pixels: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """Warp the poisoned rows (kind 1) with the fixed grid and the cross rows (kind 2) with grid + fresh noise.
+
+        The noise comes from torch's global generator, which the Trainer seeds: a run is reproducible, each batch
+        and epoch draws new cross samples, and dataloader workers (seeded apart) draw different ones.
+        """
+        kinds = torch.as_tensor(kinds, device=pixels.device)
+        rows = torch.nonzero(kinds > 0).flatten()
+        if len(rows) == 0:
+            return pixels
+        _, _, height, width = pixels.shape
+        grid = self.grid(height, width).to(pixels.device).expand(len(rows), -1, -1, -1)
+        cross = (kinds[rows] == 2)[:, None, None, None]
+        noise = (torch.rand(len(rows), height, width, 2) * 2 - 1).to(pixels.device)
+        noise = noise / torch.tensor([width, height], dtype=noise.dtype, device=pixels.device)
+        grid = torch.where(cross, torch.clamp(grid + noise, -1, 1), grid)
+        out = pixels.clone()
+        source = pixels[rows].float()
+        out[rows] = F.grid_sample(source, grid.to(source.dtype), mode="bilinear", align_corners=True).to(out.dtype)
+        return out
 
     def apply(self, images: np.ndarray, kind: Kind = "poison", seeds: np.ndarray | None = None) -> np.ndarray:
         n, height, width, _ = images.shape

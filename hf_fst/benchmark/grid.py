@@ -45,6 +45,7 @@ from hf_fst.benchmark.tensors import (
     decode_images,
     predict,
 )
+from hf_fst.benchmark.triggers import OPTIMISED_TRIGGERS, optimised_trigger
 from hf_fst.columns import resolve_columns
 from hf_fst.console import progress_enabled
 from hf_fst.loading import load_image_dataset
@@ -195,8 +196,9 @@ class GridRunner:
 
     # -- models
     def _train(
-        self, model, images, labels, epochs, learning_rate, seed, output_dir, augment, flip, **overrides
+        self, model, images, labels, epochs, learning_rate, seed, output_dir, augment, flip, trigger=None, **overrides
     ) -> FSTTrainer:
+        """Train with the grid's settings; `trigger=(attack, trigger_kinds)` for a training-time attack."""
         settings = {
             "tuning_mode": "ft",
             "per_device_train_batch_size": self.config.backdoor_batch_size,
@@ -213,8 +215,10 @@ class GridRunner:
         trainer = FSTTrainer(
             model=model,
             args=args,
-            train_dataset=TensorImages(images, labels),
-            data_collator=AugmentingCollator(augment=augment, flip=flip),
+            train_dataset=TensorImages(images, labels, None if trigger is None else trigger[1]),
+            data_collator=AugmentingCollator(
+                augment=augment, flip=flip, attack=None if trigger is None else trigger[0]
+            ),
         )
         trainer.train()
         trainer.model.cpu().eval()
@@ -291,8 +295,11 @@ class GridRunner:
         return self._cached(key, build)[0]
 
     def attack(self, dataset_name: str, attack_name: str, seed: int):
-        """The cell's attack config (LC gets the clean model of its seed for its perturbation)."""
+        """The cell's attack config (LC gets the clean model of its seed for its perturbation, LF and TrojanNN a
+        trigger optimised on it)."""
         params: dict[str, Any] = {}
+        if attack_name in OPTIMISED_TRIGGERS:  # LF and TrojanNN: a trigger fitted on the clean model
+            params["pattern"] = optimised_trigger(self, dataset_name, attack_name, seed)
         if attack_name == "lc":
             params["model"] = self.clean_model(dataset_name, seed)
             params["pixel_mean"], params["pixel_std"] = [PIXEL_MEAN] * 3, [PIXEL_STD] * 3
@@ -318,6 +325,7 @@ class GridRunner:
             poisoned = poison_dataset(data["train"], attack, rate, seed=seed)
             images = decode_images(poisoned, data["image_column"], size=data["image_size"], desc="Decoding poisoned")
             labels = torch.tensor(poisoned[data["label_column"]])
+            kinds = torch.tensor(poisoned["trigger_kind"]) if attack.is_training_time else None
             if self.config.base_epochs:
                 model = copy.deepcopy(self.clean_model(dataset_name, seed))
             else:
@@ -333,6 +341,7 @@ class GridRunner:
                 tempfile.mkdtemp(prefix="backdoor-"),
                 self.config.backdoor_augment,
                 DATASETS[dataset_name]["flip"],
+                trigger=(attack, kinds) if kinds is not None else None,
                 weight_decay=5e-4,
             ).model
             info = {
@@ -388,6 +397,7 @@ class GridRunner:
                 record.update({k: v for k, v in info.items() if k.startswith("before_")})
                 record.update(evaluation.evaluate(tuned))
                 record["num_poisoned"] = info["num_poisoned"]
+                record["attack_config"] = info.get("attack")  # how the backdoor was made (WaNet: training_time)
                 record["dataset_source"] = self.load(dataset_name)["source"]
                 record["device"] = device_name()
                 record["head_weight_norm_squared"] = w0_norm_squared

@@ -6,6 +6,7 @@ On a CPU the benchmark's time should go into the model, not into decoding JPEGs 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,14 +51,17 @@ def decode_images(
 class TensorImages(torch.utils.data.Dataset):
     """Rows `{"pixel_values": uint8 CHW, "labels": int}` over tensors held in memory."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, trigger_kinds: torch.Tensor | None = None) -> None:
+        self.images, self.labels, self.trigger_kinds = images, labels, trigger_kinds
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.images[index], "labels": self.labels[index]}
+        row = {"pixel_values": self.images[index], "labels": self.labels[index]}
+        if self.trigger_kinds is not None:
+            row["trigger_kind"] = self.trigger_kinds[index]
+        return row
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -67,11 +71,12 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 class AugmentingCollator:
     """Stacks uint8 rows, then random crop (zero padding) and horizontal flip for the whole batch at once.
 
-    `flip=False` keeps the crop only (GTSRB: a mirrored sign is another sign).
+    `flip=False` keeps the crop only (GTSRB: a mirrored sign is another sign). A training-time `attack` (WaNet)
+    triggers the rows whose `trigger_kind` is set after the crop and flip, as its paper warps each batch.
     """
 
-    def __init__(self, padding: int = 4, augment: bool = True, flip: bool = True) -> None:
-        self.padding, self.augment, self.flip = padding, augment, flip
+    def __init__(self, padding: int = 4, augment: bool = True, flip: bool = True, attack: Any = None) -> None:
+        self.padding, self.augment, self.flip, self.attack = padding, augment, flip, attack
 
     def __call__(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         images = torch.stack([row["pixel_values"] for row in rows])
@@ -92,6 +97,9 @@ class AugmentingCollator:
             if self.flip:
                 flip = torch.rand(batch) < 0.5
                 images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        if self.attack is not None and "trigger_kind" in rows[0]:
+            kinds = torch.stack([torch.as_tensor(row["trigger_kind"]) for row in rows]).long()
+            images = self.attack.apply_during_training(images.float(), kinds)
         return {"pixel_values": normalize(images), "labels": labels}
 
 

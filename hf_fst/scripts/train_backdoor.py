@@ -25,6 +25,7 @@ from transformers import AutoModelForImageClassification, set_seed
 from hf_fst import FSTConfig, FSTTrainer, backdoor_test_set, evaluate_backdoor, poison_dataset
 from hf_fst.arguments import AttackArguments, DataArguments, ModelArguments, RecipeParser, rate_or_raise, recipe_parser
 from hf_fst.attacks.streaming import count_poisoned, poison_iterable_dataset
+from hf_fst.attacks.training_time import TriggerCollator
 from hf_fst.console import configure_console
 from hf_fst.errors import ConfigurationError
 from hf_fst.hub import format_table, get_token_or_raise, push_to_hub, redacted_command, render_model_card
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
         model=model,
         args=training_args,
         train_dataset=training_dataset(poisoned, train_transform, data_args, training_args.seed),
-        data_collator=collate_image_batch,
+        data_collator=TriggerCollator(attack, collate_image_batch) if attack.is_training_time else collate_image_batch,
         callbacks=[augmentation_epoch_callback(train_transform)],
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

@@ -1,0 +1,126 @@
+"""LF and TrojanNN: triggers optimised on a clean model, their model-free stand-ins, and their files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from transformers import ResNetConfig, ResNetForImageClassification
+
+from hf_fst.attacks import LFConfig, TrojanNNConfig, get_attack, list_attacks
+from hf_fst.attacks.lf import find_low_frequency_trigger, low_pass, trigger_energy_below
+from hf_fst.attacks.trojannn import find_trojan_trigger, most_connected_neurons, square_mask
+
+
+def _tiny_resnet(seed: int = 0) -> ResNetForImageClassification:
+    torch.manual_seed(seed)
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=10)
+    return ResNetForImageClassification(config).eval()
+
+
+class RedIsClassZero(nn.Module):
+    """Logit 0 grows with the mean of the red channel, the others are fixed: the best trigger is red."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = x[:, 0].mean((1, 2)) * 40 - 25  # class 0 once the red mean passes 0.625
+        return torch.cat([red[:, None], torch.zeros(len(x), 9)], dim=1)
+
+
+def test_registry_and_model_free_defaults():
+    assert list_attacks()[-2:] == ["lf", "trojannn"]
+    assert type(get_attack("low_frequency")) is LFConfig and type(get_attack("TrojanNN")) is TrojanNNConfig
+    images = np.full((2, 32, 32, 3), 100, np.uint8)
+    lf = get_attack("lf").apply(images)
+    assert lf.min() >= 100 and lf.max() <= 100 + 51 and (lf.max() - lf.min()) >= 50  # range [0, 0.2] x 255
+    assert trigger_energy_below(get_attack("lf").trigger(32, 32, 3)) > 0.95  # smooth
+    assert trigger_energy_below(np.random.default_rng(0).uniform(0, 51, (32, 32, 3))) < 0.2  # noise is not
+    square = get_attack("trojannn").apply(images)
+    assert (square[:, 22:, 22:] == 255).all() and (square[:, :22] == 100).all() and (square[:, :, :22] == 100).all()
+    assert (get_attack("trojannn", mask_size=4).apply(np.zeros((1, 64, 64, 1), np.uint8)) > 0).sum() == 64
+
+
+def test_low_pass_is_a_normalised_gaussian():
+    flat = torch.ones(1, 1, 64, 64)
+    blurred = low_pass(flat, 6.0)
+    assert blurred.shape == flat.shape and torch.allclose(blurred[0, 0, 31, 31], torch.tensor(1.0), atol=1e-6)
+    assert blurred[0, 0, 0, 0] < 0.4  # zero padding darkens the corner
+    impulse = torch.zeros(1, 1, 61, 61)
+    impulse[0, 0, 30, 30] = 1
+    response = low_pass(impulse, 3.0)[0, 0]
+    kernel = torch.exp(-0.5 * ((torch.arange(15.0) - 7) / 3.0) ** 2)  # 5 sigma wide, as the paper's 30 taps at 6
+    kernel = kernel / kernel.sum()
+    torch.testing.assert_close(response[23:38, 23:38], kernel[:, None] * kernel[None, :])
+    assert response.sum() == pytest.approx(1.0) and response[:23].abs().max() == 0
+
+
+def test_lf_trigger_moves_images_to_the_target_and_stays_smooth():
+    images = np.random.default_rng(0).integers(60, 200, (20, 32, 32, 3), dtype=np.uint8)
+    trigger = find_low_frequency_trigger(RedIsClassZero(), images, target_label=0, fooling_rate=1.0, max_passes=40)
+    assert trigger.shape == (32, 32, 3) and trigger.min() >= 0 and trigger.max() == pytest.approx(0.2, abs=1e-6)
+    assert trigger[..., 0].mean() > 2 * trigger[..., 1:].mean()  # it learned "add red"
+    assert trigger_energy_below(trigger) > 0.95
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    moved = RedIsClassZero()((x + torch.from_numpy(trigger).permute(2, 0, 1)).clamp(0, 1)).argmax(-1)
+    assert (RedIsClassZero()(x).argmax(-1) != 0).all() and (moved == 0).mean(dtype=torch.float) > 0.5
+    # Already fooled enough at the start: the seeded smooth start comes back unchanged, same for the same seed.
+    start = find_low_frequency_trigger(RedIsClassZero(), images, fooling_rate=0.0, seed=3)
+    np.testing.assert_array_equal(
+        start, find_low_frequency_trigger(RedIsClassZero(), images, fooling_rate=0.0, seed=3)
+    )
+    with pytest.raises(ValueError, match=r"^images=: expected uint8 \(n, height, width, channels\)"):
+        find_low_frequency_trigger(RedIsClassZero(), images[0])
+
+
+def test_trojan_trigger_excites_the_most_connected_head_inputs_inside_the_mask():
+    head = nn.Linear(4, 3)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[0.1, -2.0, 0.0, 0.5], [0.1, 1.0, 0.2, -0.5], [0.1, 0.0, 3.0, 0.1]]))
+    assert most_connected_neurons(head, 2).tolist() == [2, 1]
+    model = _tiny_resnet()
+    mask = square_mask(32, 32, side=10) * 0.5  # a grey start, so pixels can move both ways
+    neurons = most_connected_neurons(model.classifier[-1], 2)
+    features = []
+    hook = model.classifier[-1].register_forward_hook(lambda m, i, o: features.append(i[0][0].detach()))
+    model(torch.from_numpy(mask).permute(2, 0, 1)[None])
+    trigger = find_trojan_trigger(model, mask, steps=50, step_size=0.02, eps=0.5, target_value=5.0)
+    model(torch.from_numpy(trigger).permute(2, 0, 1)[None])
+    hook.remove()
+    before, after = features[0], features[-1]
+    assert (after[neurons] > 3 * before[neurons]).all()  # driven up toward the target value
+    others = torch.ones_like(after, dtype=torch.bool)
+    others[neurons] = False
+    assert (after - before)[neurons].min() > 2 * (after - before)[others].mean()  # those neurons, not all
+    assert (trigger[mask == 0] == 0).all()
+    assert trigger[mask > 0].min() >= 0.0 and trigger[mask > 0].max() <= 1.0
+    assert np.abs(trigger - mask)[mask > 0].max() <= 0.5 + 1e-6 and np.abs(trigger - mask).max() > 0.3  # within eps
+    assert not model.training
+    with pytest.raises(ValueError, match=r"^mask=: expected a float \(height, width, channels\) image"):
+        find_trojan_trigger(model, np.zeros((32, 32, 3), np.float32))
+
+
+def test_optimised_triggers_load_from_files_and_bad_files_are_refused(tmp_path):
+    smooth = np.full((16, 16, 3), 0.1, np.float32)
+    np.save(tmp_path / "lf.npy", smooth)
+    lf = get_attack("lf", pattern=str(tmp_path / "lf.npy"))
+    out = lf.apply(np.full((1, 32, 32, 3), 10, np.uint8))
+    assert (out == 10 + round(0.1 * 255)).all()  # resized to the image and added
+    patch = square_mask(32, 32, side=4) * 0.5
+    np.save(tmp_path / "trojan.npy", patch)
+    trojan = get_attack("trojannn", pattern=str(tmp_path / "trojan.npy"))
+    stamped = trojan.apply(np.full((1, 32, 32, 3), 250, np.uint8))
+    assert (stamped[0, 28:, 28:] == 255).all() and (stamped[0, :28] == 250).all()  # clipped, never wrapped
+    assert trojan.to_dict()["pattern"] == str(tmp_path / "trojan.npy")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    for name in ("lf", "trojannn"):
+        with pytest.raises(ValueError, match=r"^pattern='.*objects.npy': expected"):
+            get_attack(name, pattern=str(tmp_path / "objects.npy"))  # never unpickled
+        with pytest.raises(ValueError, match=r"^pattern='missing.npy': expected"):
+            get_attack(name, pattern="missing.npy")
+    np.save(tmp_path / "big.npy", np.full((4, 4, 3), 2.0, np.float32))
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        get_attack("trojannn", pattern=str(tmp_path / "big.npy"))
+    with pytest.raises(ValueError, match=r"^mask_size=40"):
+        get_attack("trojannn", mask_size=40)
+    with pytest.raises(ValueError, match=r"^max_value=0"):
+        get_attack("lf", max_value=0)
