@@ -110,3 +110,55 @@ def test_a_head_word_breaks_a_tie_and_no_word_is_refused():
     del model.classifier
     with pytest.raises(ValueError, match=r"several candidate heads \(projection, other\); pass head_name="):
         find_linear_head(model)
+
+
+class _Config:
+    def __init__(self, num_labels):
+        self.num_labels = num_labels
+
+
+class _Backboned(torch.nn.Module):
+    """A backbone holding a layer of the head's size, and a head whose name has no head word (`proj`)."""
+
+    base_model_prefix = "body"
+
+    def __init__(self, num_labels=3, extra_out=None):
+        super().__init__()
+        self.config = _Config(num_labels)
+        self.body = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, num_labels))
+        self.proj = torch.nn.Linear(num_labels, num_labels)
+        if extra_out is not None:
+            self.side = torch.nn.Linear(num_labels, extra_out)
+
+
+def test_layers_inside_the_backbone_are_never_the_head():
+    assert find_linear_head(_Backboned())[0] == "proj"
+    nested = torch.nn.Module()
+    nested.inner = _Backboned()  # found by identity, whatever the backbone's dotted name is
+    nested.base_model_prefix, nested.body = "body", nested.inner.body
+    assert find_linear_head(nested)[0] == "inner.proj"
+
+
+def test_only_layers_with_num_labels_outputs_are_candidates():
+    assert find_linear_head(_Backboned(num_labels=3, extra_out=5))[0] == "proj"
+    no_config = _Backboned(num_labels=3, extra_out=5)
+    del no_config.config  # without config.num_labels both layers outside the backbone are candidates
+    with pytest.raises(ValueError, match=r"several candidate heads \(proj, side\)"):
+        find_linear_head(no_config)
+    zero = _Backboned(num_labels=3, extra_out=5)
+    zero.config.num_labels = 0  # 0 is "unknown", not a size to match
+    with pytest.raises(ValueError, match=r"several candidate heads \(proj, side\)"):
+        find_linear_head(zero)
+
+
+def test_peft_head_is_the_active_adapters_copy():
+    peft = pytest.importorskip("peft")
+    config_cls, model_cls, kwargs, _ = ARCHITECTURES["vit"]
+    model = model_cls(config_cls(num_labels=3, **kwargs))
+    lora = peft.LoraConfig(target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"], r=2)
+    wrapped = peft.get_peft_model(model, lora)
+    wrapped.add_adapter("second", lora)
+    name, head = find_linear_head(wrapped)
+    assert name.endswith("classifier.modules_to_save.default") and head.out_features == 3
+    wrapped.set_adapter("second")
+    assert find_linear_head(wrapped)[0].endswith("classifier.modules_to_save.second")

@@ -62,6 +62,26 @@ def test_metric_errors():
         attack_success_rate([], [])
     with pytest.raises(ValueError, match=r"^predictions=: expected class ids"):
         robust_accuracy(np.zeros((2, 2, 2)), [0, 1])
+    with pytest.raises(ValueError, match=r"^original_labels=: has 1 entries but predictions= has 2"):
+        robust_accuracy([0, 1], [0])
+    with pytest.raises(ValueError, match=r"^target_labels=: expected class ids"):
+        attack_success_rate([0, 1], np.zeros((2, 2, 2)))
+
+
+def test_running_a_model_edge_cases():
+    class Plain(torch.nn.Module):  # returns a logits tensor, not a transformers output
+        def forward(self, pixel_values):
+            return pixel_values.flatten(1)[:, :3]
+
+    rows = [{"pixel_values": np.eye(3, dtype=np.float32)[i % 3].reshape(3, 1, 1), "label": i % 3} for i in range(5)]
+    predictions = predict(Plain(), rows, batch_size=2)
+    assert predictions.dtype == np.int64 and predictions.tolist() == [0, 1, 2, 0, 1]
+    empty = predict(Plain(), [], batch_size=2)
+    assert empty.dtype == np.int64 and empty.shape == (0,)
+    # Rows that name the class `label` (a raw data set's column) are read as `labels`.
+    backdoor = [dict(row, labels=0, original_label=row["label"]) for row in rows]
+    result = evaluate_backdoor(Plain(), rows, backdoor, batch_size=2)
+    assert result == {"clean_accuracy": 1.0, "attack_success_rate": 0.4, "robust_accuracy": 1.0}
 
 
 def test_predict_and_evaluate_backdoor_match_a_manual_loop():
@@ -92,8 +112,22 @@ def test_predict_and_evaluate_backdoor_match_a_manual_loop():
 
 def test_predict_accepts_plain_row_iterables():
     model = _model()
-    rows = [{"pixel_values": np.zeros((3, 32, 32), np.float32)} for _ in range(5)]
-    assert predict(model, rows, batch_size=2).shape == (5,)
+    rng = np.random.default_rng(0)
+    rows = [{"pixel_values": rng.normal(size=(3, 32, 32)).astype(np.float32)} for _ in range(5)]
+    with torch.no_grad():
+        model.eval()
+        expected = model(pixel_values=torch.from_numpy(np.stack([r["pixel_values"] for r in rows]))).logits.argmax(-1)
+        model.train()
+    # Every batch size gives the same predictions in row order, including single-row batches and tensors.
+    for batch_size in (1, 2, 5, 8):
+        np.testing.assert_array_equal(predict(model, rows, batch_size=batch_size), expected.numpy())
+    tensors = [{"pixel_values": torch.from_numpy(r["pixel_values"])} for r in rows]
+    np.testing.assert_array_equal(predict(model, tensors, batch_size=2), expected.numpy())
+    with pytest.raises(ValueError, match=r"^batch_size=0: expected a positive int"):
+        predict(model, rows, batch_size=0)
+    # The device argument is honoured: inputs sent to "meta" cannot meet the CPU weights.
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        predict(model, rows, device="meta")
 
 
 def test_compute_backdoor_metrics():
@@ -113,6 +147,11 @@ def test_compute_backdoor_metrics():
     hidden = np.eye(10)[[3, 3, 3, 3]]
     with_hidden = EvalPrediction(predictions=(logits, hidden), label_ids=np.array([0, 1, 1, 2]))
     assert compute_backdoor_metrics(with_hidden) == {"accuracy": 0.75}
+    # Two rows without original labels: label_ids is an array of length 2, not a (labels, original) pair.
+    two = compute_backdoor_metrics(EvalPrediction(predictions=np.eye(10)[[4, 5]], label_ids=np.array([4, 1])))
+    assert two == {"accuracy": 0.5}
+    with pytest.raises(ValueError, match=r"^label_ids=: expected class ids"):
+        compute_backdoor_metrics(EvalPrediction(predictions=logits, label_ids=(np.zeros((4, 2, 2)), np.zeros(4))))
     with pytest.raises(ValueError, match=r"^predictions=: expected class ids \(n,\) or logits"):
         compute_backdoor_metrics(EvalPrediction(predictions=np.zeros((2, 2, 2)), label_ids=np.zeros(2)))
 

@@ -186,6 +186,17 @@ def bad(cifar_small: Path, model: Path, out: Path, **flags: str) -> list[str]:
         ("purify", {"--tuning_split_ratio": "1.5"}, r"^--tuning_split_ratio=1.5 is out of range"),
         ("purify", {"--test_split": "validation"}, r"^--test_split='validation' is not a split"),
         ("train_backdoor", {"--tuning_mode": "fst"}, r"^--tuning_mode='fst': train_backdoor.py trains"),
+        (
+            "train_backdoor",
+            {"--attack": "lf", "--attack_model_id": "nobody/clean"},
+            r"^--attack_model_id: the 'lf' attack does not perturb with a clean model; fit its trigger first .*"
+            r"--attack_params '\{\"pattern\": \"trigger.npy\"\}'$",
+        ),
+        (
+            "train_backdoor",
+            {"--attack": "badnet", "--attack_model_id": "nobody/clean"},
+            r"^--attack_model_id: the 'badnet' attack does not perturb with a clean model; drop --attack_model_id$",
+        ),
         ("purify", {"--attack": "none", "--retuning_attack": "true"}, r"^--retuning_attack needs --attack"),
         (
             "purify",

@@ -9,7 +9,7 @@ from tiny_models import fst_args, random_image_rows, tiny_resnet
 
 from hf_fst import FSTConfig, FSTTrainer
 from hf_fst.arguments import recipe_parser
-from hf_fst.tuning.search import DEFAULT_STRENGTHS, bisect_strengths, describe_search, stratified_split
+from hf_fst.tuning.search import DEFAULT_STRENGTHS, bisect_strengths, dataset_labels, describe_search, stratified_split
 
 
 # ------------------------------------------------------------------------------------------ normalised penalty
@@ -167,3 +167,84 @@ def test_auto_refusals(tmp_path):
         lonely.train()
     # In another mode the search is off.
     assert not FSTConfig(output_dir=str(tmp_path), tuning_mode="ft", fst_alpha="auto").searches_fst_alpha
+
+
+def test_describe_search_states_the_numbers():
+    tries = [
+        {"fst_alpha_normalized": 2.0, "validation_accuracy": 0.905, "within_budget": True},
+        {"fst_alpha_normalized": 4.0, "validation_accuracy": 0.871, "within_budget": False},
+    ]
+    search = {"tries": tries, "validation_size": 200, "max_accuracy_drop": 0.02, "baseline_accuracy": 0.92,
+              "budget_met": True, "chosen": 2.0, "chosen_alpha": 0.0712345}  # fmt: skip
+    assert describe_search(search) == (
+        "alpha was chosen without attack knowledge (`fst_alpha=auto`): the strongest normalised shift whose accuracy "
+        "on 200 held-out clean tuning images stayed within 2 points of the input model's (92.0%). "
+        "Tried (strength alpha x ||W0||^2, held-out accuracy): 2 (90.5%), 4 (87.1%, over). "
+        "Chosen: 2, alpha = 0.07123; then tuned on all images."
+    )
+    missed = dict(search, budget_met=False, chosen=0.25, tries=[dict(t, within_budget=False) for t in tries])
+    assert describe_search(missed).endswith(
+        "2 (90.5%, over), 4 (87.1%, over). No strength met the budget, so the weakest tried (0.25) was kept: "
+        "expect a larger drop, and consider more clean tuning data or a larger budget."
+    )
+
+
+def test_auto_candidates_are_paper_fst_runs_at_normalised_strengths_on_the_tuning_part(tmp_path):
+    """Every number of the search, recomputed by hand: the input model's held-out accuracy and each candidate as a
+    plain normalised FST run on the tuning part, scored on the held-out part."""
+
+    def model():  # a head with ||W0||^2 about 37, as real heads have (26-29 in the grid): raw and normalised differ
+        network = tiny_resnet()
+        with torch.no_grad():
+            network.classifier[1].weight.mul_(5.0)
+        return network
+
+    generator = torch.Generator().manual_seed(3)  # learnable rows: the class shifts the first channel
+    rows = [{"pixel_values": torch.randn(3, 16, 16, generator=generator) + torch.tensor([i % 5 - 2.0, 0, 0])[:, None, None],
+             "labels": i % 5} for i in range(60)]  # fmt: skip
+    common = {"num_train_epochs": 4, "per_device_train_batch_size": 16, "learning_rate": 0.05}
+    args = fst_args(tmp_path / "auto", fst_alpha="auto", **common)
+    trainer = FSTTrainer(model=model(), args=args, train_dataset=rows)
+    trainer.train()
+    search = trainer.fst_alpha_search.to_dict()
+    keep, held = stratified_split(np.array([r["labels"] for r in rows]), 0.2, seed=7)
+    held_rows = [rows[i] for i in held]
+    held_labels = np.array([r["labels"] for r in held_rows])
+
+    def accuracy(model):
+        model.eval()
+        with torch.no_grad():
+            logits = model(pixel_values=torch.stack([r["pixel_values"] for r in held_rows])).logits
+        return float(np.mean(logits.argmax(-1).numpy() == held_labels))
+
+    assert search["baseline_accuracy"] == pytest.approx(accuracy(model()), abs=1e-9)
+    assert search["head_norm_squared"] == pytest.approx(float(model().classifier[1].weight.pow(2).sum()), rel=1e-6)
+    for t in search["tries"]:
+        args = fst_args(tmp_path / f"by-hand-{t['fst_alpha_normalized']}", tuning_mode="fst",
+                        fst_alpha=t["fst_alpha_normalized"], normalize_fst_alpha=True, **common)  # fmt: skip
+        by_hand = FSTTrainer(model=model(), args=args, train_dataset=[rows[i] for i in keep])
+        by_hand.train()
+        assert t["validation_accuracy"] == pytest.approx(accuracy(by_hand.model), abs=1e-9)
+        assert t["fst_alpha"] == pytest.approx(t["fst_alpha_normalized"] / search["head_norm_squared"], rel=1e-9)
+    # The held-out accuracies differ between strengths: the candidates really trained with their strength.
+    assert len({t["validation_accuracy"] for t in search["tries"]}) > 1
+
+
+def test_labels_are_read_from_the_raw_column_without_the_transform():
+    from datasets import ClassLabel, Dataset, Features, Image, Value
+    from PIL import Image as PILImage
+
+    pictures = [PILImage.new("RGB", (4, 4), (i, i, i)) for i in range(6)]
+    features = Features({"img": Image(), "label": ClassLabel(num_classes=3)})
+    data = Dataset.from_dict({"img": pictures, "label": [2, 0, 1, 1, 0, 2]}, features=features)
+
+    def transform(batch):  # what a recipe sets: pixel_values and labels, never label
+        raise AssertionError("the labels must be read without running the image transform")
+
+    # the tuning set's own label column, found by name when the trainer's key is "labels"
+    np.testing.assert_array_equal(dataset_labels(data.with_transform(transform), "labels"), [2, 0, 1, 1, 0, 2])
+    # a custom label key (label_names=["target"]) wins over a column the detection would pick
+    custom = data.add_column("target", [5, 5, 4, 4, 3, 3]).cast_column("target", Value("int64"))
+    np.testing.assert_array_equal(dataset_labels(custom.with_transform(transform), "target"), [5, 5, 4, 4, 3, 3])
+    rows = [{"pixel_values": torch.zeros(1), "labels": y} for y in (4, 3)]
+    np.testing.assert_array_equal(dataset_labels(rows, "labels"), [4, 3])

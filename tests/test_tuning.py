@@ -371,3 +371,34 @@ def test_logged_loss_parts_are_the_mean_over_the_logging_window(tmp_path):
         assert len(values) == 12 and len(set(values)) > 3  # the parts change from step to step
         for window, entry in enumerate(logs):
             assert entry[key] == pytest.approx(sum(values[3 * window : 3 * window + 3]) / 3, abs=2e-6)
+
+
+def test_last_complete_checkpoint_skips_cut_and_foreign_folders(tmp_path):
+    trainer = FSTTrainer(model=tiny_resnet(), args=make_args(tmp_path), train_dataset=random_image_rows(8))
+    assert trainer.last_complete_checkpoint() is None  # no output folder yet
+    for name, complete in [("checkpoint-3", True), ("checkpoint-12", True), ("checkpoint-20", False),
+                           ("checkpoint-x", True), ("old-checkpoint-30", True), ("checkpoint-9", True)]:  # fmt: skip
+        folder = tmp_path / "out" / name
+        folder.mkdir(parents=True)
+        if complete:
+            (folder / FST_STATE_NAME).write_bytes(b"")
+    (tmp_path / "out" / "checkpoint-40").write_text("a file, not a folder")
+    assert trainer.last_complete_checkpoint() == str(tmp_path / "out" / "checkpoint-12")
+
+
+def test_fst_state_round_trip_keeps_a_search_only_for_auto_runs(tmp_path):
+    from hf_fst.tuning.search import StrengthSearch
+
+    writer = FSTTrainer(
+        model=tiny_resnet(), args=make_args(tmp_path, tuning_mode="fst"), train_dataset=random_image_rows(8)
+    )
+    writer.fst_alpha_search = StrengthSearch(0.02, 12, 0.9, 4.0, [], chosen=2.0, budget_met=True)
+    writer.fst_w0 = writer.fst_w0 + 1.0
+    writer.save_fst_state(str(tmp_path))
+    for alpha, expected in ((0.2, None), ("auto", writer.fst_alpha_search)):
+        args = make_args(tmp_path, tuning_mode="fst", fst_alpha=alpha)
+        reader = FSTTrainer(model=tiny_resnet(), args=args, train_dataset=random_image_rows(8))
+        reader.load_fst_state(str(tmp_path))
+        assert reader.fst_alpha_search == expected  # a numeric alpha never takes over a stored search
+        torch.testing.assert_close(reader.fst_w0, writer.fst_w0)
+        assert reader.fst_w0.dtype == torch.float32 and reader.fst_w0_norm.dtype == torch.float32

@@ -103,13 +103,9 @@ class AttackConfig:
             view = tuple(int(v) for v in self.model_view)
             if self.image_size is None:
                 raise ValueError(f"model_view={self.model_view!r} needs image_size, the size the view is taken from")
-            top, left, height, width = view if len(view) == 4 else (-1, -1, 0, 0)
-            if (
-                min(top, left) < 0
-                or min(height, width) < 1
-                or top + height > self.image_size[0]
-                or (left + width > self.image_size[1])
-            ):
+            height, width = self.image_size
+            inside = len(view) == 4 and min(view[:2]) >= 0 and min(view[2:]) >= 1
+            if not (inside and view[0] + view[2] <= height and view[1] + view[3] <= width):
                 raise ValueError(
                     f"model_view={self.model_view!r}: expected (top, left, height, width) inside "
                     f"image_size={self.image_size}"

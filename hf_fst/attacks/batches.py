@@ -120,11 +120,11 @@ def transform_table(
     if trigger_kind is not None and len(positions):
         # Training-time attacks: choose and relabel here, trigger in the training loop (test rows are stored).
         kinds = plan_kinds[where[positions]]
-        trigger_kind[positions] = np.where(kinds == TEST, 0, kinds)
+        training = positions[kinds != TEST]
+        trigger_kind[training] = kinds[kinds != TEST]
         positions = positions[kinds == TEST]
-        if len(kinds) > len(positions):
+        if len(training):
             new_labels = labels.to_numpy().astype(np.int64)
-            training = np.flatnonzero(hit)[kinds != TEST]
             new_labels[training] = plan_labels[where[training]]
             is_poisoned[training] = plan_kinds[where[training]] == POISON
             table = table.set_column(

@@ -16,6 +16,7 @@ reads the training split as a stream. Exit status: 2 for bad input, 3 for a non-
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,14 +140,25 @@ def prepare(argv: list[str] | None = None) -> dict:
         if data_args.streaming:  # the test split goes to an Arrow cache, written batch by batch
             test_split = materialize_stream(test_split, image_col)
         names = label_names(test_split if data_args.streaming else train_split, label_col)
-        extra = {}
+        attack = attack_args.build(len(names))
         if backdoor_args.attack_model_id:
-            extra["model"] = load_classifier(
+            if "model" not in {f.name for f in dataclasses.fields(attack)}:
+                fix = "drop --attack_model_id"
+                if attack.name in ("lf", "trojannn"):
+                    fix = (
+                        "fit its trigger first (hf_fst.attacks.lf.find_low_frequency_trigger or "
+                        "hf_fst.attacks.trojannn.find_trojan_trigger, saved with numpy.save) and pass "
+                        '--attack_params \'{"pattern": "trigger.npy"}\''
+                    )
+                raise ValueError(
+                    f"--attack_model_id: the {attack.name!r} attack does not perturb with a clean model; {fix}"
+                )
+            model_for_attack = load_classifier(
                 backdoor_args.attack_model_id,
                 arg_name="--attack_model_id",
                 allow_pickle=model_args.allow_pickle_weights,
             )
-        attack = attack_args.build(len(names), **extra)
+            attack = attack_args.build(len(names), model=model_for_attack)
         if data_args.streaming and attack.prepares_images:
             raise ValueError(
                 f"--attack={attack.name!r} needs every poisoned image up front, which a stream cannot give; "
