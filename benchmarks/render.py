@@ -45,6 +45,8 @@ ATTACK_LABELS = {
     "wanet": "WaNet",
     "lc": "LC",
     "adaptive-blend": "Adaptive-Blend",
+    "lf": "LF",
+    "trojannn": "TrojanNN",
 }
 MODE_ORDER = [mode for mode in MODE_LABELS if mode in TUNING_MODES]
 DATASET_LABELS = {"cifar10": "CIFAR-10", "gtsrb": "GTSRB"}

@@ -82,6 +82,12 @@ def test_running_a_model_edge_cases():
     backdoor = [dict(row, labels=0, original_label=row["label"]) for row in rows]
     result = evaluate_backdoor(Plain(), rows, backdoor, batch_size=2)
     assert result == {"clean_accuracy": 1.0, "attack_success_rate": 0.4, "robust_accuracy": 1.0}
+    # The device argument reaches both passes: inputs on "meta" cannot meet the CPU weights.
+    model = _model()
+    images = [{"pixel_values": np.zeros((3, 32, 32), np.float32), "labels": 0, "original_label": 1}] * 2
+    for meta_rows in ((images, images), (images[:0], images)):  # the clean pass, then the backdoor pass alone
+        with pytest.raises((RuntimeError, NotImplementedError)):
+            evaluate_backdoor(model, *meta_rows, device="meta")
 
 
 def test_predict_and_evaluate_backdoor_match_a_manual_loop():
@@ -152,6 +158,8 @@ def test_compute_backdoor_metrics():
     assert two == {"accuracy": 0.5}
     with pytest.raises(ValueError, match=r"^label_ids=: expected class ids"):
         compute_backdoor_metrics(EvalPrediction(predictions=logits, label_ids=(np.zeros((4, 2, 2)), np.zeros(4))))
+    with pytest.raises(ValueError, match=r"^label_ids=: expected class ids"):
+        compute_backdoor_metrics(EvalPrediction(predictions=logits, label_ids=np.zeros((4, 2, 2))))
     with pytest.raises(ValueError, match=r"^predictions=: expected class ids \(n,\) or logits"):
         compute_backdoor_metrics(EvalPrediction(predictions=np.zeros((2, 2, 2)), label_ids=np.zeros(2)))
 
