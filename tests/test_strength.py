@@ -248,3 +248,15 @@ def test_labels_are_read_from_the_raw_column_without_the_transform():
     np.testing.assert_array_equal(dataset_labels(custom.with_transform(transform), "target"), [5, 5, 4, 4, 3, 3])
     rows = [{"pixel_values": torch.zeros(1), "labels": y} for y in (4, 3)]
     np.testing.assert_array_equal(dataset_labels(rows, "labels"), [4, 3])
+
+
+def test_split_and_bisection_edges():
+    # A singleton class is skipped (not the end of the loop); a large fraction still leaves one image to tune on.
+    labels = np.array([0, 1, 1, 2, 2, 2])
+    keep, held = stratified_split(labels, 0.9, seed=0)
+    assert sorted(labels[held].tolist()) == [1, 2, 2] and sorted(labels[keep].tolist()) == [0, 1, 2]
+    # An accuracy exactly on the floor is within the budget; the first strength must be positive.
+    tries, chosen = bisect_strengths((1.0, 2.0, 3.0), lambda s: 0.5, floor=0.5)
+    assert chosen == 3.0 and all(t["within_budget"] for t in tries)
+    with pytest.raises(ValueError, match=r"^strengths=\(0\.0, 1\.0\) must be positive and strictly ascending"):
+        bisect_strengths((0.0, 1.0), lambda s: 1.0, floor=0.0)
