@@ -34,13 +34,21 @@ DEFAULT_IMAGE_MEAN: float = 0.5
 DEFAULT_IMAGE_STD: float = 0.5
 
 
+def _size_fields(size: Any) -> Any:
+    """A processor's `size`/`crop_size` as a plain dict when it is a mapping or transformers' SizeDict."""
+    if isinstance(size, Mapping):
+        return {k: v for k, v in size.items() if v is not None}
+    if hasattr(size, "height"):  # transformers' SizeDict
+        return {k: v for k in ("height", "width", "shortest_edge") if (v := getattr(size, k, None)) is not None}
+    return size
+
+
 def _pair(size: Any) -> tuple[int, int] | None:
     if size is None:
         return None
     if isinstance(size, int):
         return (size, size)
-    if not isinstance(size, Mapping) and hasattr(size, "height"):  # transformers' SizeDict
-        size = {k: v for k in ("height", "width", "shortest_edge") if (v := getattr(size, k, None)) is not None}
+    size = _size_fields(size)
     if isinstance(size, Mapping):
         if "height" in size and "width" in size:
             return (int(size["height"]), int(size["width"]))
@@ -301,6 +309,8 @@ def native_image_size(dataset, image_column: str) -> tuple[int, int]:
 
 
 def _resample_name(image_processor: Any) -> str:
+    from hf_fst.attacks.base import RESAMPLING
+
     value = getattr(image_processor, "resample", None)
     if value is None:
         return "bilinear"
@@ -308,7 +318,7 @@ def _resample_name(image_processor: Any) -> str:
         return Image.Resampling(int(value)).name.lower()
     except (TypeError, ValueError):  # a torchvision InterpolationMode or a string
         name = str(getattr(value, "value", value)).lower()
-        return name if name in ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming") else "bilinear"
+        return name if name in RESAMPLING else "bilinear"
 
 
 def _resized(image_processor: Any, native: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int] | None]:
@@ -316,9 +326,8 @@ def _resized(image_processor: Any, native: tuple[int, int]) -> tuple[tuple[int, 
     if not getattr(image_processor, "do_resize", True):
         resized = native
     else:
-        size = getattr(image_processor, "size", None)
-        size = {k: getattr(size, k, None) for k in ("height", "width", "shortest_edge")} if size is not None else {}
-        size = {k: v for k, v in size.items() if v is not None} if not isinstance(size, Mapping) else size
+        size = _size_fields(getattr(image_processor, "size", None))
+        size = size if isinstance(size, Mapping) else {}
         edge = size.get("shortest_edge")
         crop_pct = getattr(image_processor, "crop_pct", None)
         if size.get("height") and size.get("width"):

@@ -125,3 +125,9 @@ def test_poisoned_training_rows_use_the_processors_filter():
     side = scale_to(3, 48)
     np.testing.assert_array_equal(got[:, :, :-side, :], reference[:, :, :-side, :])
     assert np.all(got[:, :, -side:, -side:] == 255)
+
+
+def test_a_size_given_as_a_plain_dict_is_read_like_transformers_size_dict():
+    processor = ConvNextImageProcessorPil(**CONVNEXT)
+    processor.size = {"shortest_edge": 56}  # older configs and hand-made processors hold plain dicts
+    assert processor_geometry(processor, (32, 32)) == ((64, 64), (4, 4, 56, 56), "bicubic")

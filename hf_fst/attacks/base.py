@@ -205,25 +205,22 @@ class AttackConfig:
 
     def apply_in_view(self, images: np.ndarray, kind: Kind = "poison", seeds: np.ndarray | None = None) -> np.ndarray:
         """`apply` on the part of the images the model sees (`model_view`), the rest left as it is."""
-        if self.model_view is None:
-            return self.apply(images, kind, seeds)
-        top, left, height, width = self.model_view
-        out = images.copy()
-        window = np.ascontiguousarray(images[:, top : top + height, left : left + width])
-        out[:, top : top + height, left : left + width] = self.apply(window, kind, seeds)
-        return out
+        return self._in_view(images, lambda window: self.apply(window, kind, seeds))
 
     def prepare_in_view(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
         """`prepare` on the part of the images the model sees (`model_view`)."""
+        return self._in_view(images, lambda window: self.prepare(window, labels))
+
+    def _in_view(self, images: np.ndarray, change) -> np.ndarray | None:
+        """`change` applied to the `model_view` window of `images` and pasted back (None if it returns None)."""
         if self.model_view is None:
-            return self.prepare(images, labels)
+            return change(images)
         top, left, height, width = self.model_view
-        window = np.ascontiguousarray(images[:, top : top + height, left : left + width])
-        prepared = self.prepare(window, labels)
-        if prepared is None:
+        changed = change(np.ascontiguousarray(images[:, top : top + height, left : left + width]))
+        if changed is None:
             return None
         out = images.copy()
-        out[:, top : top + height, left : left + width] = prepared
+        out[:, top : top + height, left : left + width] = changed
         return out
 
     def describe(self) -> str:

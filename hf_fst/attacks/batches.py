@@ -117,19 +117,19 @@ def transform_table(
     is_poisoned = np.zeros(num_rows, dtype=bool)
     attack = get_attack(attack_config["name"], **{k: v for k, v in attack_config.items() if k != "name"})
     trigger_kind = np.zeros(num_rows, dtype=np.int8) if attack.is_training_time else None
-    if trigger_kind is not None and len(positions):
-        # Training-time attacks: choose and relabel here, trigger in the training loop (test rows are stored).
-        kinds = plan_kinds[where[positions]]
-        training = positions[kinds != TEST]
-        trigger_kind[training] = kinds[kinds != TEST]
-        positions = positions[kinds == TEST]
-        if len(training):
-            new_labels = labels.to_numpy().astype(np.int64)
-            new_labels[training] = plan_labels[where[training]]
-            is_poisoned[training] = plan_kinds[where[training]] == POISON
-            table = table.set_column(
-                table.column_names.index(label_column), label_column, pa.array(new_labels, type=labels.type)
-            )
+    if len(positions):
+        all_kinds = plan_kinds[where[positions]]
+        new_labels = labels.to_numpy().astype(np.int64)
+        new_labels[positions] = plan_labels[where[positions]]
+        is_poisoned[positions] = all_kinds != COVER
+        table = table.set_column(
+            table.column_names.index(label_column), label_column, pa.array(new_labels, type=labels.type)
+        )
+        if trigger_kind is not None:
+            # Training-time attacks: the training loop triggers poisoned and cover rows; only test rows are stored.
+            trained = all_kinds != TEST
+            trigger_kind[positions[trained]] = all_kinds[trained]
+            positions = positions[~trained]
     if len(positions):
         images = table.column(image_column).combine_chunks()
         decoded = [
@@ -153,13 +153,7 @@ def transform_table(
         order = np.arange(num_rows)
         order[positions] = num_rows + np.arange(len(positions))
         new_images = pa.concat_arrays([images, encoded]).take(pa.array(order))
-        new_labels = table.column(label_column).to_numpy().astype(np.int64)
-        new_labels[positions] = plan_labels[slots]
-        is_poisoned[positions] = kinds != COVER
         table = table.set_column(table.column_names.index(image_column), image_column, new_images)
-        table = table.set_column(
-            table.column_names.index(label_column), label_column, pa.array(new_labels, type=labels.type)
-        )
     table = table.append_column("is_poisoned", pa.array(is_poisoned))
     table = table.append_column("original_label", labels)
     if trigger_kind is not None:
