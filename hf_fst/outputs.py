@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "check_output_dir",
     "commit_output",
     "prepare_staging",
+    "emit_rank_line",
     "rank_line",
     "resolve_resume_checkpoint",
     "save_run_outputs",
@@ -185,6 +187,26 @@ def rank_line(training_args: Any, results: dict, model: torch.nn.Module) -> str:
         "param_sum": checksum,
     }
     return f"[hf-fst] {json.dumps(payload)}"
+
+
+def emit_rank_line(training_args: Any, results: dict, model: torch.nn.Module) -> str:
+    """Print `rank_line` as one write to standard output and return it.
+
+    Ranks launched together share one pipe; `print` writes the text and the newline separately, so two ranks'
+    lines could merge into one. A single `os.write` of a line under the pipe's atomic size (4 KiB) cannot.
+    """
+    line = rank_line(training_args, results, model)
+    data = (line + "\n").encode()
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a stream without a descriptor, e.g. captured in-process
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        return line
+    while data:
+        data = data[os.write(fd, data) :]
+    return line
 
 
 def save_run_outputs(

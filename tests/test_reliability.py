@@ -398,3 +398,34 @@ def test_token_never_written_anywhere(cifar_tiny, model_dir, tmp_path):
     assert leaks == []
     assert TOKEN not in done.stdout + done.stderr
     assert "'<redacted>'" in (out / "README.md").read_text()
+
+
+EMIT_PROBE = """
+import json, os, sys
+from types import SimpleNamespace
+import torch
+from hf_fst.outputs import emit_rank_line
+
+chunks = []
+real_write = os.write
+def recording_write(fd, data):
+    if fd == 1:
+        chunks.append(bytes(data))
+    return real_write(fd, data)
+os.write = recording_write
+args = SimpleNamespace(process_index=1, world_size=2)
+line = emit_rank_line(args, {"clean_accuracy": 0.5, "note": "x" * 1500}, torch.nn.Linear(3, 2))
+sys.stderr.write(json.dumps([c.decode() for c in chunks]))
+"""
+
+
+def test_rank_line_goes_out_in_one_write_so_ranks_cannot_interleave():
+    """Two ranks share one pipe: each line must leave in a single write, newline included (print makes two)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", EMIT_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    chunks = json.loads(done.stderr.strip().splitlines()[-1])
+    assert len(chunks) == 1 and chunks[0].endswith("\n") and chunks[0].count("\n") == 1
+    assert done.stdout == chunks[0]
+    payload = json.loads(chunks[0].split(" ", 1)[1])
+    assert payload["rank"] == 1 and payload["world_size"] == 2 and payload["results"]["clean_accuracy"] == 0.5

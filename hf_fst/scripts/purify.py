@@ -48,7 +48,7 @@ from hf_fst.metrics import predict
 from hf_fst.outputs import (
     check_output_dir,
     commit_output,
-    rank_line,
+    emit_rank_line,
     resolve_resume_checkpoint,
     save_run_outputs,
     stage_training_output,
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["retuning_attack_success_rate"] = retuned["attack_success_rate"]
         results["retuning_clean_accuracy"] = retuned["clean_accuracy"]
         results["retuning_poisoned_samples"] = purify_args.retuning_poisoned_samples
-    print(rank_line(training_args, results, purified), flush=True)
+    emit_rank_line(training_args, results, purified)
 
     # ---- save into the staging folder: the weights collectively, everything else from the main process
     save_run_outputs(trainer, purified, processor, names, staging, results, test_split, image_col)

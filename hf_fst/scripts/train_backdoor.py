@@ -43,7 +43,7 @@ from hf_fst.loading import (
 from hf_fst.outputs import (
     check_output_dir,
     commit_output,
-    rank_line,
+    emit_rank_line,
     resolve_resume_checkpoint,
     save_run_outputs,
     stage_training_output,
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
             "seed": training_args.seed,
         }
     )
-    print(rank_line(training_args, results, trained), flush=True)
+    emit_rank_line(training_args, results, trained)
 
     save_run_outputs(trainer, trained, processor, names, staging, results, test_split, image_col)
     if trainer.is_world_process_zero():
