@@ -212,3 +212,6 @@ def test_asr_evaluate_module_loads_offline(monkeypatch):
     same = evaluate.load(str(ASR_METRIC_PATH))
     result = same.compute(predictions=[0, 0, 3, 1], references=[0, 0, 0, 0], original_labels=[0, 2, 3, 4])
     assert result["attack_success_rate"] == pytest.approx(1 / 3)
+    # Keyword arguments reach `evaluate.load` (e.g. an experiment id for several evaluations at once).
+    named = load_attack_success_rate(experiment_id="defence-a", keep_in_memory=True)
+    assert named.experiment_id == "defence-a" and named.keep_in_memory and metric.experiment_id != "defence-a"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,14 @@ from tiny_models import fst_args, random_image_rows, tiny_resnet
 
 from hf_fst import FSTConfig, FSTTrainer
 from hf_fst.arguments import recipe_parser
-from hf_fst.tuning.search import DEFAULT_STRENGTHS, bisect_strengths, dataset_labels, describe_search, stratified_split
+from hf_fst.tuning.search import (
+    DEFAULT_STRENGTHS,
+    bisect_strengths,
+    dataset_labels,
+    describe_search,
+    search_fst_alpha,
+    stratified_split,
+)
 
 
 # ------------------------------------------------------------------------------------------ normalised penalty
@@ -260,3 +269,64 @@ def test_split_and_bisection_edges():
     assert chosen == 3.0 and all(t["within_budget"] for t in tries)
     with pytest.raises(ValueError, match=r"^strengths=\(0\.0, 1\.0\) must be positive and strictly ascending"):
         bisect_strengths((0.0, 1.0), lambda s: 1.0, floor=0.0)
+
+
+def _separable_rows(n: int, seed: int) -> list[dict]:
+    """Rows a tiny model learns: the class moves the first channel far from the others."""
+    generator = torch.Generator().manual_seed(seed)
+    return [{"pixel_values": torch.randn(3, 16, 16, generator=generator) + torch.tensor([4.0 * (i % 5) - 8, 0, 0])[:, None, None],
+             "labels": i % 5} for i in range(n)]  # fmt: skip
+
+
+def test_candidates_use_the_trainers_collator_and_loss(tmp_path):
+    """A user's `data_collator` and `compute_loss_func` reach every candidate, not only the final run."""
+    rows, seen, losses = random_image_rows(60), [], []
+
+    def collator(features):
+        seen.append(len(features))
+        return {"pixel_values": torch.stack([f["pixel_values"] for f in features]),
+                "labels": torch.tensor([f["labels"] for f in features])}  # fmt: skip
+
+    def loss_func(outputs, labels, num_items_in_batch=None):
+        losses.append(len(labels))
+        return torch.nn.functional.cross_entropy(outputs.logits, labels)
+
+    args = fst_args(tmp_path, fst_alpha="auto", num_train_epochs=2, per_device_train_batch_size=16)
+    trainer = FSTTrainer(model=tiny_resnet(), args=args, train_dataset=rows, data_collator=collator,
+                         compute_loss_func=loss_func)  # fmt: skip
+    trainer.train()
+    assert len(trainer.fst_alpha_search.tries) == 3
+    # 12 held-out and 48 tuning rows: the reference predicts 12; each candidate trains 2 x 48 and predicts 12;
+    # the final run trains 2 x 60.
+    assert sum(seen) == 12 + 3 * (2 * 48 + 12) + 2 * 60
+    assert sum(losses) == sum(seen)  # every batch, training and held-out evaluation alike, through the user's loss
+
+
+def test_no_strength_within_the_budget_keeps_the_weakest_tried_and_reads_tuple_predictions(tmp_path):
+    """The fallback, on a model whose outputs are tuples (logits and hidden states): candidates that barely move
+    from a fresh head fall below a trained model's held-out accuracy, so the weakest tried strength is kept."""
+    rows = _separable_rows(60, seed=1)
+    pre = FSTTrainer(model=tiny_resnet(), args=fst_args(tmp_path / "pre", tuning_mode="ft", num_train_epochs=8,
+                     per_device_train_batch_size=16, learning_rate=0.05), train_dataset=rows)  # fmt: skip
+    pre.train()
+    trained = pre.model  # the trainer tunes a copy: the input model is never changed
+    trained.config.output_hidden_states = True
+    baseline = copy.deepcopy(trained)
+    args = fst_args(tmp_path / "auto", fst_alpha="auto", max_accuracy_drop=0.001, learning_rate=1e-9,
+                    num_train_epochs=1, per_device_train_batch_size=16)  # fmt: skip
+    trainer = FSTTrainer(model=trained, args=args, train_dataset=rows)
+    search = search_fst_alpha(trainer, baseline, strengths=(1.0, 2.0, 4.0)).to_dict()
+
+    _, held = stratified_split(np.array([r["labels"] for r in rows]), 0.2, seed=7)
+    baseline.eval()
+    with torch.no_grad():
+        logits = baseline(pixel_values=torch.stack([rows[i]["pixel_values"] for i in held])).logits
+    expected = float(np.mean(logits.argmax(-1).numpy() == np.array([rows[i]["labels"] for i in held])))
+    assert expected >= 0.8 and search["baseline_accuracy"] == pytest.approx(expected, abs=1e-9)
+    assert [t["fst_alpha_normalized"] for t in search["tries"]] == [2.0, 1.0]
+    assert all(t["validation_accuracy"] < expected - 0.001 and not t["within_budget"] for t in search["tries"])
+    assert (
+        search["budget_met"] is False
+        and search["chosen"] == 1.0
+        and search["chosen_alpha"] == pytest.approx(1.0 / search["head_norm_squared"])
+    )
