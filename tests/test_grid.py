@@ -12,6 +12,7 @@ from shared_data import CIFAR, cifar_data_dir
 from hf_fst.benchmark import GridConfig, GridRunner, read_records
 from hf_fst.benchmark.grid import dataset_source
 from hf_fst.benchmark.tensors import AugmentingCollator
+from hf_fst.tuning import FSTTrainer
 
 
 def test_grid_writes_records_and_resumes(tmp_path):
@@ -152,8 +153,22 @@ def test_grid_second_threat_model_and_strength_records(tmp_path):
         cache_dir=str(tmp_path / "cache"),
         disable_tqdm=True,
     )
-    records = GridRunner(config).run()
+    runner = GridRunner(config)
+    records = runner.run()
     assert len(records) == 4
+    # A study of variants tunes the same cached model with an FSTTrainer subclass and its own settings.
+    model, _, _ = runner.backdoored_model("cifar10", "badnet", 0.1, 0)
+
+    class Counting(FSTTrainer):
+        penalties = 0
+
+        def fst_penalty(self):
+            type(self).penalties += 1
+            return super().fst_penalty()
+
+    variant = runner.tune(model, "cifar10", "fst", 0, 60, 2.0, trainer_class=Counting, normalize_fst_alpha=True)
+    assert type(variant) is Counting and Counting.penalties == 1  # 60 images, batch 128: one step in one epoch
+    assert variant.args.normalize_fst_alpha and variant.fst_alpha_normalized == pytest.approx(2.0)
     cached = sorted(p.name for p in Path(config.cache_dir).iterdir())
     assert len(cached) == 3 and sum("-clean-" in name for name in cached) == 1  # one base for both attacks
     base = [name for name in cached if "-clean-" in name][0]

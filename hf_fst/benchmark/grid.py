@@ -21,7 +21,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,8 @@ from transformers import (
 )
 
 from hf_fst.attacks import backdoor_test_set, get_attack, poison_dataset
-from hf_fst.benchmark.architectures import MODELS, build_model, model_class_for
+from hf_fst.benchmark.architectures import build_model, model_class_for
+from hf_fst.benchmark.config import GridConfig
 from hf_fst.benchmark.records import append_record, device_name, head_norm_squared, read_records, record_key
 from hf_fst.benchmark.retuning import retune, retuning_tensors
 from hf_fst.benchmark.sources import DATASETS, dataset_source
@@ -50,104 +50,10 @@ from hf_fst.columns import resolve_columns
 from hf_fst.console import progress_enabled
 from hf_fst.loading import load_image_dataset
 from hf_fst.metrics import clean_accuracy
-from hf_fst.tuning import TUNING_MODES, FSTConfig, FSTTrainer
-from hf_fst.tuning.config import parse_fst_alpha
+from hf_fst.tuning import FSTConfig, FSTTrainer
 from hf_fst.tuning.search import strength_record
 
 logger = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------------------------- config
-@dataclass
-class GridConfig:
-    """What to run. Unset `tuning_epochs` / `fst_alpha` take the paper's value for each data set."""
-
-    datasets: list[str] = field(default_factory=lambda: ["cifar10"])
-    attacks: list[str] = field(default_factory=lambda: ["badnet", "blended", "sig", "wanet"])
-    poison_rates: list[float] = field(default_factory=lambda: [0.01, 0.005])
-    tuning_modes: list[str] = field(default_factory=lambda: list(TUNING_MODES))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    model: str = "resnet-s"
-    data_dir: str | None = field(
-        default=None,
-        metadata={"help": "Read data sets from <data_dir>/<name> (or <name>-*) instead of their Hub ids."},
-    )
-    num_train_images: int | None = None
-    num_test_images: int | None = None
-    backdoor_epochs: int = 20
-    backdoor_learning_rate: float = 0.05
-    backdoor_batch_size: int = 128
-    backdoor_augment: bool = False
-    tuning_augment: bool | None = field(
-        default=None,
-        metadata={"help": "Augment the tuning runs; default: as the backdoored model was trained (backdoor_augment)."},
-    )
-    base_epochs: int | None = field(
-        default=None,
-        metadata={
-            "help": "Second threat model: train one clean base model per data set for this many epochs, then implant "
-            "each backdoor by fine-tuning it for backdoor_epochs at backdoor_learning_rate. Default: from scratch."
-        },
-    )
-    base_learning_rate: float = 0.05
-    base_seed: int = 0
-    tuning_ratio: float = 0.02
-    num_tuning_samples: int | None = None
-    tuning_epochs: int | None = None
-    tuning_learning_rate: float = 0.01
-    fst_alpha: float | str | None = field(
-        default=None,
-        metadata={"help": "FST alpha, or 'auto' to choose it within max_accuracy_drop; default: the paper's value."},
-    )
-    normalize_fst_alpha: bool = field(
-        default=False, metadata={"help": "Read fst_alpha as a scale-free strength (alpha x ||W0||^2)."}
-    )
-    max_accuracy_drop: float = field(default=0.02, metadata={"help": "With fst_alpha auto: the accuracy budget."})
-    retuning_attack: bool = field(
-        default=False,
-        metadata={"help": "Also run the retuning attack on every tuned model and the backdoored one (P-ASR)."},
-    )
-    retuning_poisoned_samples: int = 5
-    project_head_norm: bool | None = None
-    results_file: str = "benchmarks/results.jsonl"
-    cache_dir: str = "benchmarks/cache"
-    kept_models_dir: str | None = field(
-        default="benchmarks/models",
-        metadata={
-            "help": "Read-only folder of kept models (e.g. a committed clean base), looked up before cache_dir."
-        },
-    )
-    disable_tqdm: bool = field(default=False, metadata={"help": "Hide the progress bars (poisoning, training, ...)."})
-
-    def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ValueError(f"model: {self.model!r} is unknown; use one of {', '.join(MODELS)}")
-        for name in self.datasets:
-            if name not in DATASETS:
-                raise ValueError(f"datasets: {name!r} is unknown; use one of {', '.join(DATASETS)}")
-        for mode in self.tuning_modes:
-            if mode not in TUNING_MODES:
-                raise ValueError(f"tuning_modes: {mode!r} is unknown; use one of {', '.join(TUNING_MODES)}")
-        for rate in self.poison_rates:
-            if not 0 < rate <= 1:
-                raise ValueError(f"poison_rates: {rate} is outside (0, 1]")
-        for attack in self.attacks:
-            get_attack(attack)  # fails early with the list of registered attacks
-        if self.base_epochs is not None and self.base_epochs < 1:
-            raise ValueError(f"base_epochs: {self.base_epochs} must be >= 1 (or unset to train from scratch)")
-        if self.fst_alpha is not None:
-            self.fst_alpha = parse_fst_alpha(self.fst_alpha)
-        if not 0 < self.max_accuracy_drop < 1:
-            raise ValueError(f"max_accuracy_drop: {self.max_accuracy_drop} must be a fraction in (0, 1), e.g. 0.02")
-        if self.tuning_augment is None:
-            self.tuning_augment = self.backdoor_augment
-
-    @property
-    def base_training(self) -> dict[str, Any] | None:
-        """How the clean base model was trained, or None when backdoored models are trained from scratch."""
-        if self.base_epochs is None:
-            return None
-        return {"epochs": self.base_epochs, "learning_rate": self.base_learning_rate, "seed": self.base_seed}
 
 
 # ------------------------------------------------------------------------------------------------ runner
@@ -196,9 +102,24 @@ class GridRunner:
 
     # -- models
     def _train(
-        self, model, images, labels, epochs, learning_rate, seed, output_dir, augment, flip, trigger=None, **overrides
+        self,
+        model,
+        images,
+        labels,
+        epochs,
+        learning_rate,
+        seed,
+        output_dir,
+        augment,
+        flip,
+        trigger=None,
+        trainer_class: type[FSTTrainer] = FSTTrainer,
+        **overrides,
     ) -> FSTTrainer:
-        """Train with the grid's settings; `trigger=(attack, trigger_kinds)` for a training-time attack."""
+        """Train with the grid's settings; `trigger=(attack, trigger_kinds)` for a training-time attack.
+
+        `trainer_class` lets a study run a variant of the method (an `FSTTrainer` subclass) in the same setting.
+        """
         settings = {
             "tuning_mode": "ft",
             "per_device_train_batch_size": self.config.backdoor_batch_size,
@@ -212,7 +133,7 @@ class GridRunner:
         }
         settings.update(overrides)  # the caller's settings win (the retuning attack brings its own batch size)
         args = FSTConfig(output_dir=output_dir, num_train_epochs=epochs, learning_rate=learning_rate, **settings)
-        trainer = FSTTrainer(
+        trainer = trainer_class(
             model=model,
             args=args,
             train_dataset=TensorImages(images, labels, None if trigger is None else trigger[1]),
@@ -420,9 +341,20 @@ class GridRunner:
         return written
 
     def tune(
-        self, model: PreTrainedModel, dataset_name: str, mode: str, seed: int, count: int, alpha: float | str
+        self,
+        model: PreTrainedModel,
+        dataset_name: str,
+        mode: str,
+        seed: int,
+        count: int,
+        alpha: float | str,
+        trainer_class: type[FSTTrainer] = FSTTrainer,
+        **overrides: Any,
     ) -> FSTTrainer:
-        """Tune a copy of `model` on `count` clean training images drawn with `seed` (the same draw for every mode)."""
+        """Tune a copy of `model` on `count` clean training images drawn with `seed` (the same draw for every mode).
+
+        `overrides` replace the grid's tuning settings (e.g. `normalize_fst_alpha`) for a study of variants.
+        """
         data = self.load(dataset_name)
         epochs, _ = self.settings(dataset_name)
         index = self.tuning_index(dataset_name, seed, count)
@@ -436,11 +368,15 @@ class GridRunner:
             tempfile.mkdtemp(prefix="tuning-"),
             self.config.tuning_augment,
             DATASETS[dataset_name]["flip"],
-            tuning_mode=mode,
-            fst_alpha=alpha,
-            normalize_fst_alpha=self.config.normalize_fst_alpha,
-            max_accuracy_drop=self.config.max_accuracy_drop,
-            project_head_norm=self.config.project_head_norm,
+            trainer_class=trainer_class,
+            **{
+                "tuning_mode": mode,
+                "fst_alpha": alpha,
+                "normalize_fst_alpha": self.config.normalize_fst_alpha,
+                "max_accuracy_drop": self.config.max_accuracy_drop,
+                "project_head_norm": self.config.project_head_norm,
+                **overrides,
+            },
         )
 
     def tuning_index(self, dataset_name: str, seed: int, count: int) -> torch.Tensor:
@@ -477,7 +413,3 @@ class GridRunner:
             if self.config.retuning_attack
             else None,
         }
-
-
-def config_dict(config: GridConfig) -> dict[str, Any]:
-    return asdict(config)

@@ -1,0 +1,250 @@
+"""Variants of FST beside the paper's, on the strong-model grid's backdoored models: is there a better trade-off?
+
+Each variant is an `FSTTrainer` subclass (or, for the cross-entropy phase, a second run), tuned on the same 1,000
+clean images with the same settings as the grid's `fst` rows, at several scale-free strengths s = alpha x ||W0||^2:
+
+- `fst`: the paper's penalty, s * <W, W0> / ||W0||^2 (the paper's alpha 0.2 is s = 5.6-5.8 on these heads);
+- `fst-decay`: the same penalty with s decaying to 0 over training (half a cosine);
+- `fst-orth`: s * cos^2(W, W0) instead of s * cos(W, W0): drive the new head orthogonal to W0, not against it;
+- `fst-kd`: the paper's penalty plus a distillation term, T^2 * KL(teacher || student) at temperature T = 2,
+  the teacher being the backdoored model on the same (clean, augmented) tuning batches;
+- `fst-ce`: the paper's FST, then 2 epochs of plain fine-tuning (cross-entropy only, lr 0.001).
+
+    OMP_NUM_THREADS=1 python benchmarks/fst_variants.py --data_dir $DATA --attacks blended sig lc --seeds 0
+    python benchmarks/fst_variants.py --render      # the table and the frontier plot, into BENCHMARKS.md
+
+The backdoored models come from the strong grid's cache (`benchmarks/cache`), trained there if missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hf_fst import FSTTrainer
+from hf_fst.benchmark import GridConfig, GridRunner, append_record, read_records
+from hf_fst.benchmark.records import device_name, head_norm_squared
+from hf_fst.benchmark.sources import DATASETS
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "variants" / "cifar10.jsonl"
+STRONG = ROOT / "benchmarks" / "results" / "strong" / "cifar10.jsonl"
+PLOT = ROOT / "benchmarks" / "plots" / "fst_variants_frontier.png"
+MARKERS = ("<!-- variants:begin -->", "<!-- variants:end -->")
+DISTILL_TEMPERATURE = 2.0
+CE_PHASE = {"epochs": 2, "learning_rate": 0.001}
+logger = logging.getLogger("fst_variants")
+
+
+class DecayingFST(FSTTrainer):
+    """The paper's penalty with its weight decaying from s to 0 over training (half a cosine)."""
+
+    def fst_penalty(self) -> torch.Tensor:
+        progress = self.state.global_step / max(self.state.max_steps, 1)
+        return super().fst_penalty() * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class OrthogonalFST(FSTTrainer):
+    """s * cos^2(W, W0): the new head is pushed to be orthogonal to the backdoored one rather than opposite."""
+
+    def fst_penalty(self) -> torch.Tensor:
+        weight = self.head.weight.float()
+        cosine = (weight * self.fst_w0).sum() / (weight.norm() * self.fst_w0_norm).clamp_min(1e-12)
+        return self.fst_alpha_normalized * cosine.square()
+
+
+class DistillingFST(FSTTrainer):
+    """The paper's FST plus T^2 * KL(teacher || student) on the tuning batches; `teacher` is set per model."""
+
+    teacher: torch.nn.Module
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if model.training:
+            teacher = self.teacher.to(outputs.logits.device)
+            with torch.no_grad():
+                target = teacher(pixel_values=inputs["pixel_values"]).logits.float()
+            t = DISTILL_TEMPERATURE
+            student = F.log_softmax(outputs.logits.float() / t, dim=-1)
+            kd = F.kl_div(student, F.log_softmax(target / t, dim=-1), log_target=True, reduction="batchmean")
+            loss = loss + kd * t * t
+        return (loss, outputs) if return_outputs else loss
+
+
+VARIANTS = {"fst": FSTTrainer, "fst-decay": DecayingFST, "fst-orth": OrthogonalFST, "fst-kd": DistillingFST,
+            "fst-ce": FSTTrainer}  # fmt: skip
+DEFAULT_STRENGTHS = {"fst": [2.0, 4.0, 8.0], "fst-decay": [4.0, 8.0], "fst-orth": [4.0, 16.0],
+                     "fst-kd": [4.0, 8.0], "fst-ce": [4.0, 8.0]}  # fmt: skip
+
+
+def strong_config(data_dir: str | None, cache_dir: str) -> GridConfig:
+    """The strong grid's settings (see BENCHMARKS.md, "Strong-model CPU grid")."""
+    return GridConfig(
+        datasets=["cifar10"], attacks=["blended"], model="preact-resnet-18-w0.25", data_dir=data_dir,
+        backdoor_augment=True, base_epochs=30, base_learning_rate=0.05, backdoor_epochs=5,
+        backdoor_learning_rate=0.02, num_tuning_samples=1000, normalize_fst_alpha=True, cache_dir=cache_dir,
+        disable_tqdm=True,
+    )  # fmt: skip
+
+
+def run_variant(runner: GridRunner, model, variant: str, strength: float, seed: int):
+    """Tune a copy of the backdoored `model` with one variant; returns the tuned model."""
+    trainer_class = VARIANTS[variant]
+    if variant == "fst-kd":
+        trainer_class = type("DistillingFSTForModel", (DistillingFST,), {"teacher": copy.deepcopy(model).eval()})
+    tuned = runner.tune(model, "cifar10", "fst", seed, 1000, strength, trainer_class=trainer_class).model
+    if variant == "fst-ce":
+        data = runner.load("cifar10")
+        index = runner.tuning_index("cifar10", seed, 1000)
+        tuned = runner._train(
+            tuned, data["train_images"][index], data["train_labels"][index], CE_PHASE["epochs"],
+            CE_PHASE["learning_rate"], seed, tempfile.mkdtemp(prefix="ce-phase-"), runner.config.tuning_augment,
+            DATASETS["cifar10"]["flip"], tuning_mode="ft",
+        ).model  # fmt: skip
+    return tuned
+
+
+def run(args: argparse.Namespace) -> None:
+    runner = GridRunner(strong_config(args.data_dir, args.cache_dir))
+    done = {
+        (r["attack"], r["poison_rate"], r["seed"], r["variant"], r["strength"])
+        for r in read_records(args.results_file)
+    }
+    for seed in args.seeds:
+        for attack in args.attacks:
+            for rate in args.poison_rates:
+                todo = [(v, s) for v in args.variants for s in DEFAULT_STRENGTHS[v]
+                        if (attack, rate, seed, v, s) not in done]  # fmt: skip
+                if not todo:
+                    continue
+                model, evaluation, info = runner.backdoored_model("cifar10", attack, rate, seed)
+                for variant, strength in todo:
+                    start = time.perf_counter()
+                    tuned = run_variant(runner, model, variant, strength, seed)
+                    record = {
+                        "dataset": "cifar10", "model": runner.config.model, "attack": attack, "poison_rate": rate,
+                        "seed": seed, "variant": variant, "strength": strength,
+                        "distill_temperature": DISTILL_TEMPERATURE if variant == "fst-kd" else None,
+                        "ce_phase": CE_PHASE if variant == "fst-ce" else None,
+                        "tuning_seconds": round(time.perf_counter() - start, 3),
+                        "head_weight_norm_squared": head_norm_squared(model), "device": device_name(),
+                        **{k: v for k, v in info.items() if k.startswith("before_")},
+                        **evaluation.evaluate(tuned),
+                    }  # fmt: skip
+                    append_record(args.results_file, record)
+                    logger.info("%s %g s%d %s %g: C-Acc %.4f ASR %.4f", attack, rate, seed, variant, strength,
+                                record["clean_accuracy"], record["attack_success_rate"])  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ render
+def points(records: list[dict], strong: list[dict]) -> dict[tuple[str, float], dict[tuple[str, str], list[dict]]]:
+    """Records by cell (attack, rate) and method (variant, strength label); the paper's FST from the strong grid."""
+    cells: dict[tuple[str, float], dict[tuple[str, str], list[dict]]] = {}
+    seeds = {(r["attack"], r["poison_rate"], r["seed"]) for r in records}
+    for r in records:
+        cells.setdefault((r["attack"], r["poison_rate"]), {}).setdefault(
+            (r["variant"], f"{r['strength']:g}"), []
+        ).append(r)
+    for r in strong:
+        key = (r["attack"], r["poison_rate"], r["seed"])
+        if key in seeds and r["tuning_mode"] in ("fst", "ft") and r.get("fst_alpha") in (0.2, None):
+            label = (
+                ("fst (paper alpha 0.2)", f"{r['fst_alpha_normalized']:.1f}")
+                if r["tuning_mode"] == "fst"
+                else ("ft", "-")
+            )
+            cells[(r["attack"], r["poison_rate"])].setdefault(label, []).append(r)
+    return cells
+
+
+def gain_over_fst(curve: list[tuple[float, float]], asr: float) -> float | None:
+    """FST's C-Acc at `asr`, linearly interpolated along its strengths; None outside the range FST covers."""
+    xs, ys = zip(*sorted(curve), strict=True)
+    if not xs[0] <= asr <= xs[-1]:
+        return None
+    return float(np.interp(asr, xs, ys))
+
+
+def render(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records, strong = read_records(args.results_file), read_records(STRONG)
+    cells = points(records, strong)
+    lines = ["| attack, rate | method | s | seeds | C-Acc (%) | ASR (%) | C-Acc vs FST at that ASR (pts) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    figure, axes = plt.subplots(1, len(cells), figsize=(5 * len(cells), 4.2), squeeze=False)
+    for axis, ((attack, rate), methods) in zip(axes[0], sorted(cells.items()), strict=True):
+
+        def stat(rows, key):
+            values = np.array([r[key] for r in rows]) * 100
+            return values.mean(), (values.std(ddof=1) if len(values) > 1 else 0.0)
+
+        fst = [(stat(rows, "attack_success_rate")[0], stat(rows, "clean_accuracy")[0])
+               for (v, _), rows in methods.items() if v.startswith("fst") and v in ("fst", "fst (paper alpha 0.2)")]  # fmt: skip
+        by_variant: dict[str, list[tuple[float, float, str]]] = {}
+        for (variant, label), rows in sorted(methods.items()):
+            (acc, acc_sd), (asr, asr_sd) = stat(rows, "clean_accuracy"), stat(rows, "attack_success_rate")
+            reference = gain_over_fst(fst, asr) if variant not in ("fst", "fst (paper alpha 0.2)", "ft") else None
+            gain = "" if reference is None else f"{acc - reference:+.1f}"
+            lines.append(f"| {attack} {rate:g} | {variant} | {label} | {len(rows)} | {acc:.1f} ± {acc_sd:.1f} | "
+                         f"{asr:.1f} ± {asr_sd:.1f} | {gain} |")  # fmt: skip
+            by_variant.setdefault(variant.split(" ")[0], []).append((asr, acc, label))
+        for variant, pts in sorted(by_variant.items()):
+            pts.sort()
+            axis.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=variant)
+            for asr, acc, label in pts:
+                axis.annotate(label, (asr, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        axis.set(title=f"{attack} {rate:g}", xlabel="ASR (%)", ylabel="C-Acc (%)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.suptitle("CIFAR-10, preact-resnet-18-w0.25: FST variants (labels: strength s = alpha x ||W0||^2)")
+    figure.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(PLOT, dpi=110)
+    text = "\n".join(lines)
+    target = ROOT / "BENCHMARKS.md"
+    document = target.read_text()
+    if MARKERS[0] in document:
+        before, rest = document.split(MARKERS[0], 1)
+        after = rest.split(MARKERS[1], 1)[1]
+        body = f"{MARKERS[0]}\n<!-- Rendered by `python benchmarks/fst_variants.py --render`. -->\n\n{text}\n\n"
+        body += f"![FST variants](benchmarks/plots/{PLOT.name})\n{MARKERS[1]}"
+        target.write_text(before + body + after)
+    print(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default=None, help="Folder with cifar10-jpeg/ (default: the Hub).")
+    parser.add_argument("--attacks", nargs="+", default=["blended", "sig", "lc"])
+    parser.add_argument("--poison_rates", nargs="+", type=float, default=[0.01])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--results_file", default=str(RESULTS))
+    parser.add_argument("--cache_dir", default=str(ROOT / "benchmarks" / "cache"))
+    parser.add_argument("--render", action="store_true", help="Render the table and plot from the records.")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("hf_fst").setLevel(logging.WARNING)
+    if args.render:
+        render(args)
+    else:
+        run(args)
+    print(json.dumps({"records": len(read_records(args.results_file))}))
+
+
+if __name__ == "__main__":
+    main()
