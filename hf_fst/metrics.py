@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from hf_fst.console import progress
+from hf_fst.forward import logits_of, model_device
 
 __all__ = [
     "ASR_METRIC_PATH",
@@ -101,19 +102,12 @@ def _stack(values: Any) -> torch.Tensor:
     return torch.stack([v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)) for v in values]).float()
 
 
-def _model_device(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
 def _run(
     model: torch.nn.Module, dataset: Any, batch_size: int, device: Any, label_keys: tuple[str, ...]
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: expected a positive int")
-    device = _model_device(model, device)
+    device = model_device(model, device)
     predictions: list[np.ndarray] = []
     labels: dict[str, list] = {key: [] for key in label_keys}
     was_training = model.training
@@ -128,8 +122,7 @@ def _run(
                         "transform with dataset.with_transform(...) that returns pixel_values"
                     )
                 output = model(pixel_values=_stack(batch["pixel_values"]).to(device))
-                logits = output.logits if hasattr(output, "logits") else output
-                predictions.append(logits.argmax(dim=-1).cpu().numpy())
+                predictions.append(logits_of(output).argmax(dim=-1).cpu().numpy())
                 for key in label_keys:
                     found = key if key in batch else ("label" if key == "labels" and "label" in batch else None)
                     if found is None:

@@ -6,11 +6,12 @@ LC perturbs images against a clean model; LF and TrojanNN fit a trigger on one a
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+from hf_fst.forward import logits_of, model_device
 
 __all__ = ["load_trigger", "logits_of", "model_inputs", "resize_trigger"]
 
@@ -19,16 +20,10 @@ def model_inputs(
     model: torch.nn.Module, channels: int, pixel_mean: list[float] | None, pixel_std: list[float] | None
 ) -> tuple[torch.device, torch.Tensor, torch.Tensor]:
     """The model's device and the `(1, c, 1, 1)` mean and std that map [0, 1] pixels to its inputs."""
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
+    device = model_device(model)
     mean = torch.tensor(pixel_mean or [0.0] * channels, device=device).view(1, -1, 1, 1)
     std = torch.tensor(pixel_std or [1.0] * channels, device=device).view(1, -1, 1, 1)
     return device, mean, std
-
-
-def logits_of(output: Any) -> torch.Tensor:
-    """Logits from a transformers output or a plain module's tensor."""
-    return output.logits if hasattr(output, "logits") else output
 
 
 @functools.lru_cache(maxsize=16)
