@@ -1,14 +1,16 @@
 """Variants of FST beside the paper's, on the strong-model grid's backdoored models: is there a better trade-off?
 
-Each variant is an `FSTTrainer` subclass (or, for the cross-entropy phase, a second run), tuned on the same 1,000
-clean images with the same settings as the grid's `fst` rows, at several scale-free strengths s = alpha x ||W0||^2:
+Each variant is an `FSTConfig` option (`fst_alpha_schedule`, `distill_weight`), an `FSTTrainer` subclass, or a second
+run, tuned on the same 1,000 clean images with the same settings as the grid's `fst` rows, at several scale-free
+strengths s = alpha x ||W0||^2:
 
 - `fst`: the paper's penalty, s * <W, W0> / ||W0||^2 (the paper's alpha 0.2 is s = 5.6-5.8 on these heads);
 - `fst-decay`: the same penalty with s decaying to 0 over training (half a cosine);
 - `fst-orth`: s * cos^2(W, W0) instead of s * cos(W, W0): drive the new head orthogonal to W0, not against it;
 - `fst-kd`: the paper's penalty plus a distillation term, T^2 * KL(teacher || student) at temperature T = 2,
   the teacher being the backdoored model on the same (clean, augmented) tuning batches;
-- `fst-ce`: the paper's FST, then 2 epochs of plain fine-tuning (cross-entropy only, lr 0.001).
+- `fst-ce`: the paper's FST, then 2 epochs of plain fine-tuning (cross-entropy only, lr 0.001);
+- `fst-decay-kd`: the decaying penalty and the distillation term together.
 
     OMP_NUM_THREADS=1 python benchmarks/fst_variants.py --data_dir $DATA --attacks blended sig lc --seeds 0
     python benchmarks/fst_variants.py --render      # the table and the frontier plot, into BENCHMARKS.md
@@ -19,17 +21,14 @@ The backdoored models come from the strong grid's cache (`benchmarks/cache`), tr
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
-import math
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hf_fst import FSTTrainer
 from hf_fst.benchmark import GridConfig, GridRunner, append_record, read_records
@@ -46,14 +45,6 @@ CE_PHASE = {"epochs": 2, "learning_rate": 0.001}
 logger = logging.getLogger("fst_variants")
 
 
-class DecayingFST(FSTTrainer):
-    """The paper's penalty with its weight decaying from s to 0 over training (half a cosine)."""
-
-    def fst_penalty(self) -> torch.Tensor:
-        progress = self.state.global_step / max(self.state.max_steps, 1)
-        return super().fst_penalty() * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 class OrthogonalFST(FSTTrainer):
     """s * cos^2(W, W0): the new head is pushed to be orthogonal to the backdoored one rather than opposite."""
 
@@ -63,28 +54,20 @@ class OrthogonalFST(FSTTrainer):
         return self.fst_alpha_normalized * cosine.square()
 
 
-class DistillingFST(FSTTrainer):
-    """The paper's FST plus T^2 * KL(teacher || student) on the tuning batches; `teacher` is set per model."""
-
-    teacher: torch.nn.Module
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        if model.training:
-            teacher = self.teacher.to(outputs.logits.device)
-            with torch.no_grad():
-                target = teacher(pixel_values=inputs["pixel_values"]).logits.float()
-            t = DISTILL_TEMPERATURE
-            student = F.log_softmax(outputs.logits.float() / t, dim=-1)
-            kd = F.kl_div(student, F.log_softmax(target / t, dim=-1), log_target=True, reduction="batchmean")
-            loss = loss + kd * t * t
-        return (loss, outputs) if return_outputs else loss
-
-
-VARIANTS = {"fst": FSTTrainer, "fst-decay": DecayingFST, "fst-orth": OrthogonalFST, "fst-kd": DistillingFST,
-            "fst-ce": FSTTrainer}  # fmt: skip
-DEFAULT_STRENGTHS = {"fst": [2.0, 4.0, 8.0], "fst-decay": [4.0, 8.0], "fst-orth": [4.0, 16.0],
-                     "fst-kd": [4.0, 8.0], "fst-ce": [4.0, 8.0]}  # fmt: skip
+DISTILL = {"distill_weight": 1.0, "distill_temperature": DISTILL_TEMPERATURE}
+COSINE = {"fst_alpha_schedule": "cosine"}
+VARIANTS: dict[str, tuple[type[FSTTrainer], dict]] = {
+    "fst": (FSTTrainer, {}),
+    "fst-decay": (FSTTrainer, COSINE),
+    "fst-orth": (OrthogonalFST, {}),
+    "fst-kd": (FSTTrainer, DISTILL),
+    "fst-ce": (FSTTrainer, {}),
+    "fst-decay-kd": (FSTTrainer, {**COSINE, **DISTILL}),
+}
+"""Each variant: the trainer class and FSTConfig options (the decaying alpha and distillation are library options,
+`fst_alpha_schedule` and `distill_weight`; the first records were made with equivalent subclasses)."""
+DEFAULT_STRENGTHS = {"fst": [2.0, 4.0, 8.0], "fst-decay": [4.0, 8.0, 16.0], "fst-orth": [4.0, 16.0],
+                     "fst-kd": [4.0, 8.0, 16.0], "fst-ce": [4.0, 8.0], "fst-decay-kd": [8.0, 16.0]}  # fmt: skip
 
 
 def strong_config(data_dir: str | None, cache_dir: str) -> GridConfig:
@@ -99,10 +82,8 @@ def strong_config(data_dir: str | None, cache_dir: str) -> GridConfig:
 
 def run_variant(runner: GridRunner, model, variant: str, strength: float, seed: int):
     """Tune a copy of the backdoored `model` with one variant; returns the tuned model."""
-    trainer_class = VARIANTS[variant]
-    if variant == "fst-kd":
-        trainer_class = type("DistillingFSTForModel", (DistillingFST,), {"teacher": copy.deepcopy(model).eval()})
-    tuned = runner.tune(model, "cifar10", "fst", seed, 1000, strength, trainer_class=trainer_class).model
+    trainer_class, options = VARIANTS[variant]
+    tuned = runner.tune(model, "cifar10", "fst", seed, 1000, strength, trainer_class=trainer_class, **options).model
     if variant == "fst-ce":
         data = runner.load("cifar10")
         index = runner.tuning_index("cifar10", seed, 1000)
@@ -134,8 +115,9 @@ def run(args: argparse.Namespace) -> None:
                     record = {
                         "dataset": "cifar10", "model": runner.config.model, "attack": attack, "poison_rate": rate,
                         "seed": seed, "variant": variant, "strength": strength,
-                        "distill_temperature": DISTILL_TEMPERATURE if variant == "fst-kd" else None,
+                        "distill_temperature": DISTILL_TEMPERATURE if variant.endswith("-kd") else None,
                         "ce_phase": CE_PHASE if variant == "fst-ce" else None,
+                        "options": VARIANTS[variant][1],
                         "tuning_seconds": round(time.perf_counter() - start, 3),
                         "head_weight_norm_squared": head_norm_squared(model), "device": device_name(),
                         **{k: v for k, v in info.items() if k.startswith("before_")},

@@ -402,3 +402,76 @@ def test_fst_state_round_trip_keeps_a_search_only_for_auto_runs(tmp_path):
         assert reader.fst_alpha_search == expected  # a numeric alpha never takes over a stored search
         torch.testing.assert_close(reader.fst_w0, writer.fst_w0)
         assert reader.fst_w0.dtype == torch.float32 and reader.fst_w0_norm.dtype == torch.float32
+
+
+# --------------------------------------------------------------------------- options beyond the paper's method
+def reference_fst_options(model, rows, schedule, alpha, weight, temperature, steps, lr, seed):
+    """FST written out with alpha * (1 + cos(pi k / K)) / 2 at step k of K (`cosine`) or alpha (`constant`), plus
+    weight * T^2 * KL(input model || tuned model), the input model in eval mode; one full batch per step."""
+    teacher = copy.deepcopy(model).eval()
+    model = copy.deepcopy(model).train()
+    head = model.classifier[1]
+    w0 = head.weight.detach().clone()
+    w0_norm = w0.norm()
+    generator = torch.Generator().manual_seed(seed)
+    bound = 1 / math.sqrt(head.in_features)
+    with torch.no_grad():
+        head.weight.copy_(torch.empty(head.weight.shape).uniform_(-bound, bound, generator=generator))
+        head.bias.copy_(torch.empty(head.bias.shape).uniform_(-bound, bound, generator=generator))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    x = torch.stack([r["pixel_values"] for r in rows])
+    y = torch.tensor([r["labels"] for r in rows])
+    with torch.no_grad():
+        target = F.log_softmax(teacher(pixel_values=x).logits / temperature, dim=-1)
+    for step in range(steps):
+        factor = (1 + math.cos(math.pi * step / steps)) / 2 if schedule == "cosine" else 1.0
+        logits = model(pixel_values=x).logits
+        loss = F.cross_entropy(logits, y) + alpha * factor * (head.weight * w0).sum()
+        kl = (target.exp() * (target - F.log_softmax(logits / temperature, dim=-1))).sum(-1).mean()
+        loss = loss + weight * temperature**2 * kl
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            head.weight.mul_(w0_norm / head.weight.norm())
+        optimizer.zero_grad()
+        scheduler.step()
+    return model
+
+
+@pytest.mark.parametrize(("schedule", "weight"), [("cosine", 0.0), ("constant", 3.0), ("cosine", 3.0)])
+def test_cosine_alpha_and_distillation_match_a_plain_loop(tmp_path, schedule, weight):
+    rows, model, steps = random_image_rows(32), tiny_resnet().train(), 4  # the teacher must switch to eval itself
+    args = make_args(tmp_path, fst_alpha=2.0, fst_alpha_schedule=schedule, distill_weight=weight,
+                     distill_temperature=1.5, num_train_epochs=steps, per_device_train_batch_size=32, seed=3,
+                     logging_steps=1)  # fmt: skip
+    trainer = FSTTrainer(model=model, args=args, train_dataset=rows)
+    trainer.train()
+    settings = {"alpha": 2.0, "temperature": 1.5, "steps": steps, "lr": 0.01, "seed": 3}
+    expected = reference_fst_options(model, rows, schedule, weight=weight, **settings)
+    got = params(trainer.model)
+    for name, ref_param in expected.named_parameters():
+        torch.testing.assert_close(got[name], ref_param.detach(), atol=1e-5, rtol=0, msg=name)
+    # Not vacuous: the paper's FST (constant alpha, no distillation) ends elsewhere.
+    paper = dict(reference_fst_options(model, rows, "constant", weight=0.0, **settings).named_parameters())
+    assert max((got[n] - paper[n].detach()).abs().max().item() for n in got) > 1e-3
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == steps and all(("distill_loss" in entry) == (weight > 0) for entry in logged)
+    assert all(entry.get("distill_loss", 0.0) >= 0 for entry in logged)  # a KL divergence
+    assert trainer.distill_teacher is None if weight == 0 else not trainer.distill_teacher.training
+
+
+def test_options_beyond_the_paper_are_refused_by_name_when_wrong(tmp_path):
+    cases = [
+        ({"fst_alpha_schedule": "linear"}, r"^fst_alpha_schedule='linear' is not a schedule; use one of constant, cosine$"),
+        ({"fst_alpha_schedule": "cosine", "tuning_mode": "ft"}, r"^fst_alpha_schedule='cosine' shapes the FST penalty"),
+        ({"fst_alpha_schedule": "cosine", "fst_alpha": 0.0}, r"^fst_alpha_schedule='cosine' shapes the FST penalty"),
+        ({"distill_weight": -1.0}, r"^distill_weight=-1.0 must be a finite number >= 0; pass e.g. --distill_weight"),
+        ({"distill_weight": float("nan")}, r"^distill_weight=nan must be a finite number"),
+        ({"distill_temperature": 0.0}, r"^distill_temperature=0.0 must be a finite number > 0"),
+    ]  # fmt: skip
+    for overrides, message in cases:
+        with pytest.raises(ValueError, match=message):
+            make_args(tmp_path, **overrides)
+    # Distillation is a loss term, so every mode may use it.
+    assert make_args(tmp_path, tuning_mode="ft", distill_weight=1.0).distill_weight == 1.0
