@@ -1,8 +1,7 @@
 """Variants of FST beside the paper's, on the strong-model grid's backdoored models: is there a better trade-off?
 
-Each variant is an `FSTConfig` option (`fst_alpha_schedule`, `distill_weight`), an `FSTTrainer` subclass, or a second
-run, tuned on the same 1,000 clean images with the same settings as the grid's `fst` rows, at several scale-free
-strengths s = alpha x ||W0||^2:
+Each variant is an `FSTTrainer` subclass (or, for the cross-entropy phase, a second run), tuned on the same 1,000
+clean images with the same settings as the grid's `fst` rows, at several scale-free strengths s = alpha x ||W0||^2:
 
 - `fst`: the paper's penalty, s * <W, W0> / ||W0||^2 (the paper's alpha 0.2 is s = 5.6-5.8 on these heads);
 - `fst-decay`: the same penalty with s decaying to 0 over training (half a cosine);
@@ -21,14 +20,17 @@ The backdoored models come from the strong grid's cache (`benchmarks/cache`), tr
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from hf_fst import FSTTrainer
 from hf_fst.benchmark import GridConfig, GridRunner, append_record, read_records
@@ -45,6 +47,14 @@ CE_PHASE = {"epochs": 2, "learning_rate": 0.001}
 logger = logging.getLogger("fst_variants")
 
 
+class DecayingFST(FSTTrainer):
+    """The paper's penalty with its weight decaying from s to 0 over training (half a cosine)."""
+
+    def fst_penalty(self) -> torch.Tensor:
+        progress = self.state.global_step / max(self.state.max_steps, 1)
+        return super().fst_penalty() * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class OrthogonalFST(FSTTrainer):
     """s * cos^2(W, W0): the new head is pushed to be orthogonal to the backdoored one rather than opposite."""
 
@@ -54,18 +64,32 @@ class OrthogonalFST(FSTTrainer):
         return self.fst_alpha_normalized * cosine.square()
 
 
-DISTILL = {"distill_weight": 1.0, "distill_temperature": DISTILL_TEMPERATURE}
-COSINE = {"fst_alpha_schedule": "cosine"}
-VARIANTS: dict[str, tuple[type[FSTTrainer], dict]] = {
-    "fst": (FSTTrainer, {}),
-    "fst-decay": (FSTTrainer, COSINE),
-    "fst-orth": (OrthogonalFST, {}),
-    "fst-kd": (FSTTrainer, DISTILL),
-    "fst-ce": (FSTTrainer, {}),
-    "fst-decay-kd": (FSTTrainer, {**COSINE, **DISTILL}),
-}
-"""Each variant: the trainer class and FSTConfig options (the decaying alpha and distillation are library options,
-`fst_alpha_schedule` and `distill_weight`; the first records were made with equivalent subclasses)."""
+class DistillingFST(FSTTrainer):
+    """The paper's FST plus T^2 * KL(teacher || student) on the tuning batches; `teacher` is set per model."""
+
+    teacher: torch.nn.Module
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if model.training:
+            teacher = self.teacher.to(outputs.logits.device)
+            with torch.no_grad():
+                target = teacher(pixel_values=inputs["pixel_values"]).logits.float()
+            t = DISTILL_TEMPERATURE
+            student = F.log_softmax(outputs.logits.float() / t, dim=-1)
+            kd = F.kl_div(student, F.log_softmax(target / t, dim=-1), log_target=True, reduction="batchmean")
+            loss = loss + kd * t * t
+        return (loss, outputs) if return_outputs else loss
+
+
+class DecayingDistillingFST(DistillingFST, DecayingFST):
+    """Both: the decaying penalty and the distillation term."""
+
+
+VARIANTS: dict[str, type[FSTTrainer]] = {"fst": FSTTrainer, "fst-decay": DecayingFST, "fst-orth": OrthogonalFST,
+                                         "fst-kd": DistillingFST, "fst-ce": FSTTrainer,
+                                         "fst-decay-kd": DecayingDistillingFST}  # fmt: skip
+"""The variants as `FSTTrainer` subclasses: none is an `FSTConfig` option, since none dominated the paper's FST."""
 DEFAULT_STRENGTHS = {"fst": [2.0, 4.0, 8.0], "fst-decay": [4.0, 8.0, 16.0], "fst-orth": [4.0, 16.0],
                      "fst-kd": [4.0, 8.0, 16.0, 32.0], "fst-ce": [4.0, 8.0], "fst-decay-kd": [8.0, 16.0, 32.0]}  # fmt: skip
 
@@ -82,8 +106,11 @@ def strong_config(data_dir: str | None, cache_dir: str) -> GridConfig:
 
 def run_variant(runner: GridRunner, model, variant: str, strength: float, seed: int):
     """Tune a copy of the backdoored `model` with one variant; returns the tuned model."""
-    trainer_class, options = VARIANTS[variant]
-    tuned = runner.tune(model, "cifar10", "fst", seed, 1000, strength, trainer_class=trainer_class, **options).model
+    trainer_class = VARIANTS[variant]
+    if issubclass(trainer_class, DistillingFST):  # the teacher: the backdoored model itself, frozen
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        trainer_class = type(f"{trainer_class.__name__}ForModel", (trainer_class,), {"teacher": teacher})
+    tuned = runner.tune(model, "cifar10", "fst", seed, 1000, strength, trainer_class=trainer_class).model
     if variant == "fst-ce":
         data = runner.load("cifar10")
         index = runner.tuning_index("cifar10", seed, 1000)
@@ -117,7 +144,6 @@ def run(args: argparse.Namespace) -> None:
                         "seed": seed, "variant": variant, "strength": strength,
                         "distill_temperature": DISTILL_TEMPERATURE if variant.endswith("-kd") else None,
                         "ce_phase": CE_PHASE if variant == "fst-ce" else None,
-                        "options": VARIANTS[variant][1],
                         "tuning_seconds": round(time.perf_counter() - start, 3),
                         "head_weight_norm_squared": head_norm_squared(model), "device": device_name(),
                         **{k: v for k, v in info.items() if k.startswith("before_")},

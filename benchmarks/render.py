@@ -74,22 +74,10 @@ def is_standard(record: Record) -> bool:
         return False
     if record["tuning_mode"] != "fst":
         return True
-    if variant_label(record):
-        return False
     alpha = record["fst_alpha"]
     return (
         isinstance(alpha, float) and not record.get("normalize_fst_alpha") and math.isclose(alpha, paper_alpha(record))
     )
-
-
-def variant_label(record: Record) -> str:
-    """The options beyond the paper's FST a record used, in words ("" for the paper's method)."""
-    parts = []
-    if record.get("fst_alpha_schedule"):
-        parts.append(f"{record['fst_alpha_schedule']} alpha schedule")
-    if record.get("distill_weight"):
-        parts.append(f"distillation (weight {record['distill_weight']:g}, T {record['distill_temperature']:g})")
-    return " + ".join(parts)
 
 
 def regime(record: Record) -> str:
@@ -501,11 +489,9 @@ def render(records: list[Record], plot_dir: Path, link_dir: str = "benchmarks/pl
                 "",
             ]
     autos = [r for r in records if r["tuning_mode"] == "fst" and r.get("fst_alpha") == "auto"]
-    by_method = group(autos, lambda r: (r["dataset"], r["model"], regime(r), variant_label(r)))
-    for (dataset, model, made, variant), rows in sorted(by_method.items()):
+    for (dataset, model, made), rows in sorted(group(autos, lambda r: (r["dataset"], r["model"], regime(r))).items()):
         name, _ = group_title(dataset, model, made)
-        method = f"FST with {variant}" if variant else "FST"
-        out += [f"### {name}: {method} within an accuracy budget (`fst_alpha=auto`) beside paper FST", "",
+        out += [f"### {name}: FST within an accuracy budget (`fst_alpha=auto`) beside paper FST", "",
                 "C-Acc change in points (after minus before, on the test split); ASR in percent. The budget is checked "
                 "on held-out clean tuning images, never on the test split.", "", *auto_table(rows, standard), ""]  # fmt: skip
     if all_failures:

@@ -245,7 +245,6 @@ def render_model_card(
         batch_size=training.get("batch_size"),
         optim=training.get("optim"),
         lr_scheduler_type=training.get("lr_scheduler_type"),
-        method_options=training.get("method_options"),
         seed=seed,
         command=command or redacted_command(),
         repo_id=repo_id or model_name,

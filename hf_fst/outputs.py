@@ -242,16 +242,4 @@ def training_summary(training_args: Any) -> dict[str, Any]:
         "batch_size": training_args.per_device_train_batch_size * training_args.world_size,
         "optim": str(getattr(training_args.optim, "value", training_args.optim)),
         "lr_scheduler_type": str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)),
-        "method_options": method_options(training_args),
     }
-
-
-def method_options(training_args: Any) -> str | None:
-    """The options beyond the paper's method that a run used, in words (None for the paper's method)."""
-    options = []
-    if getattr(training_args, "fst_alpha_schedule", "constant") != "constant":
-        options.append(f"alpha schedule `{training_args.fst_alpha_schedule}` (alpha decays to 0 over training)")
-    if getattr(training_args, "distill_weight", 0) > 0:
-        options.append(f"distillation from the input model (weight {training_args.distill_weight:g}, "
-                       f"temperature {training_args.distill_temperature:g})")  # fmt: skip
-    return "; ".join(options) or None

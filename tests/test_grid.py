@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ from shared_data import CIFAR, cifar_data_dir
 
 from hf_fst.benchmark import GridConfig, GridRunner, read_records
 from hf_fst.benchmark.grid import dataset_source
-from hf_fst.benchmark.records import record_key
 from hf_fst.benchmark.tensors import AugmentingCollator
 from hf_fst.tuning import FSTTrainer
 
@@ -171,21 +169,6 @@ def test_grid_second_threat_model_and_strength_records(tmp_path):
     variant = runner.tune(model, "cifar10", "fst", 0, 60, 2.0, trainer_class=Counting, normalize_fst_alpha=True)
     assert type(variant) is Counting and Counting.penalties == 1  # 60 images, batch 128: one step in one epoch
     assert variant.args.normalize_fst_alpha and variant.fst_alpha_normalized == pytest.approx(2.0)
-    # The grid's options beyond the paper reach its fst runs only, and mark their records and resume keys.
-    options = GridRunner(replace(config, fst_alpha_schedule="cosine", distill_weight=1.0, distill_temperature=3.0))
-    fst_run = options.tune(model, "cifar10", "fst", 0, 60, 2.0)
-    assert (fst_run.args.fst_alpha_schedule, fst_run.args.distill_weight, fst_run.args.distill_temperature) == (
-        "cosine", 1.0, 3.0)  # fmt: skip
-    assert options.tune(model, "cifar10", "ft", 0, 60, 0.2).args.distill_weight == 0.0
-    describe = [runner._describe, options._describe]
-    paper_fst, variant_fst = (d("cifar10", "badnet", 0.1, 0, "fst", 1, 0.2, None) for d in describe)
-    paper_ft, variant_ft = (d("cifar10", "badnet", 0.1, 0, "ft", 1, 0.2, None) for d in describe)
-    assert (paper_fst["fst_alpha_schedule"], paper_fst["distill_weight"]) == (None, None)
-    assert (variant_fst["fst_alpha_schedule"], variant_fst["distill_weight"], variant_fst["distill_temperature"]) == (
-        "cosine", 1.0, 3.0)  # fmt: skip
-    assert record_key(paper_fst) != record_key(variant_fst) and record_key(paper_ft) == record_key(variant_ft)
-    with pytest.raises(ValueError, match=r"^fst_alpha_schedule: 'linear' is unknown; use one of constant, cosine$"):
-        replace(config, fst_alpha_schedule="linear")
     cached = sorted(p.name for p in Path(config.cache_dir).iterdir())
     assert len(cached) == 3 and sum("-clean-" in name for name in cached) == 1  # one base for both attacks
     base = [name for name in cached if "-clean-" in name][0]

@@ -19,9 +19,7 @@ from hub_server import FakeHub
 from huggingface_hub import ModelCard
 from transformers import ResNetConfig, ResNetForImageClassification
 
-from hf_fst import FSTConfig
 from hf_fst.hub import format_table, get_token_or_raise, redacted_command, render_model_card, template_path
-from hf_fst.outputs import training_summary
 from hf_fst.transforms import default_image_processor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,23 +80,6 @@ def test_purified_card_round_trips_through_model_card_load(tmp_path):
     assert "`patch_size`: `3`" in text and "Poisoning rate of the backdoored training set: 0.01" in text
     assert "python recipes/purify.py --model_id someone/resnet-cifar10-badnet --tuning_mode fst" in text
     assert "re-learn the backdoor" in text and "2410.09838" in text
-    assert "Beyond the paper" not in text  # the paper's method: no options to declare
-
-
-def test_card_and_results_declare_options_beyond_the_paper(tmp_path):
-    args = FSTConfig(output_dir=str(tmp_path), fst_alpha_schedule="cosine", distill_weight=0.5, distill_temperature=3)
-    summary = training_summary(args)
-    assert summary["method_options"] == (
-        "alpha schedule `cosine` (alpha decays to 0 over training); "
-        "distillation from the input model (weight 0.5, temperature 3)"
-    )
-    assert training_summary(FSTConfig(output_dir=str(tmp_path)))["method_options"] is None
-    kwargs = card_kwargs()
-    kwargs["training"] = {**kwargs["training"], "method_options": summary["method_options"]}
-    text = render_model_card(**kwargs).text
-    assert (
-        "- Beyond the paper's method: alpha schedule `cosine` (alpha decays to 0 over training); distillation" in text
-    )
 
 
 def test_backdoored_card_and_local_base_model(tmp_path):

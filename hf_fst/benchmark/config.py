@@ -9,7 +9,7 @@ from hf_fst.attacks import get_attack
 from hf_fst.benchmark.architectures import MODELS
 from hf_fst.benchmark.sources import DATASETS
 from hf_fst.tuning import TUNING_MODES
-from hf_fst.tuning.config import FST_ALPHA_SCHEDULES, parse_fst_alpha
+from hf_fst.tuning.config import parse_fst_alpha
 
 __all__ = ["GridConfig", "config_dict"]
 
@@ -59,14 +59,6 @@ class GridConfig:
         default=False, metadata={"help": "Read fst_alpha as a scale-free strength (alpha x ||W0||^2)."}
     )
     max_accuracy_drop: float = field(default=0.02, metadata={"help": "With fst_alpha auto: the accuracy budget."})
-    fst_alpha_schedule: str = field(
-        default="constant",
-        metadata={"help": "FST rows only: the penalty weight over training, constant (paper) or cosine."},
-    )
-    distill_weight: float = field(
-        default=0.0, metadata={"help": "FST rows only: weight of distillation from the backdoored model (0: off)."}
-    )
-    distill_temperature: float = 2.0
     retuning_attack: bool = field(
         default=False,
         metadata={"help": "Also run the retuning attack on every tuned model and the backdoored one (P-ASR)."},
@@ -103,12 +95,6 @@ class GridConfig:
             self.fst_alpha = parse_fst_alpha(self.fst_alpha)
         if not 0 < self.max_accuracy_drop < 1:
             raise ValueError(f"max_accuracy_drop: {self.max_accuracy_drop} must be a fraction in (0, 1), e.g. 0.02")
-        if self.fst_alpha_schedule not in FST_ALPHA_SCHEDULES:
-            raise ValueError(f"fst_alpha_schedule: {self.fst_alpha_schedule!r} is unknown; use one of "
-                             f"{', '.join(FST_ALPHA_SCHEDULES)}")  # fmt: skip
-        if not self.distill_weight >= 0 or not self.distill_temperature > 0:
-            raise ValueError(f"distill_weight: {self.distill_weight} must be >= 0 and distill_temperature: "
-                             f"{self.distill_temperature} > 0, e.g. --distill_weight 1 --distill_temperature 2")  # fmt: skip
         if self.tuning_augment is None:
             self.tuning_augment = self.backdoor_augment
 

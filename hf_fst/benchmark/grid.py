@@ -375,15 +375,9 @@ class GridRunner:
                 "normalize_fst_alpha": self.config.normalize_fst_alpha,
                 "max_accuracy_drop": self.config.max_accuracy_drop,
                 "project_head_norm": self.config.project_head_norm,
-                **(self._fst_options() if mode == "fst" else {}),
                 **overrides,
             },
         )
-
-    def _fst_options(self) -> dict[str, Any]:
-        config = self.config
-        return {"fst_alpha_schedule": config.fst_alpha_schedule, "distill_weight": config.distill_weight,
-                "distill_temperature": config.distill_temperature}  # fmt: skip
 
     def tuning_index(self, dataset_name: str, seed: int, count: int) -> torch.Tensor:
         """The cell's clean tuning images: `count` drawn with `seed`, the same for every mode."""
@@ -405,14 +399,6 @@ class GridRunner:
             "fst_alpha": alpha if mode == "fst" else None,
             "normalize_fst_alpha": True if mode == "fst" and self.config.normalize_fst_alpha else None,
             "max_accuracy_drop": self.config.max_accuracy_drop if mode == "fst" and alpha == "auto" else None,
-            # Options beyond the paper's FST, None when unused (so records of the paper's method keep their key).
-            "fst_alpha_schedule": self.config.fst_alpha_schedule
-            if mode == "fst" and self.config.fst_alpha_schedule != "constant"
-            else None,
-            "distill_weight": self.config.distill_weight if mode == "fst" and self.config.distill_weight else None,
-            "distill_temperature": self.config.distill_temperature
-            if mode == "fst" and self.config.distill_weight
-            else None,
             "num_tuning_samples": min(count, len(data["train"])),
             "tuning_epochs": epochs,
             "tuning_learning_rate": self.config.tuning_learning_rate,

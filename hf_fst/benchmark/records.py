@@ -46,8 +46,6 @@ RECORD_KEY = (
     "normalize_fst_alpha",  # absent (None) in records written before the option existed: the raw penalty
     "max_accuracy_drop",
     "retuning_poisoned_samples",  # None: no retuning attack in the record
-    "fst_alpha_schedule",  # None: the paper's constant alpha (and every record written before the option)
-    "distill_weight",  # None: no distillation
 )
 
 

@@ -51,10 +51,6 @@ def trainer_model_card(trainer: Any, model_name: str, tags: str | list[str] | No
     settings = {
         "tuning mode": f"`{mode}` ({DEFENSE_NAMES.get(mode, mode)})",
         "fst_alpha": _alpha_text(trainer) if mode == "fst" else "not used",
-        "fst_alpha schedule": f"`{args.fst_alpha_schedule}`" if mode == "fst" else "not used",
-        "distillation from the input model": f"weight {args.distill_weight:g}, temperature {args.distill_temperature:g}"
-        if args.distill_weight > 0
-        else "no",
         "head": f"`{trainer.head_name}`, ||W0|| = {float(trainer.fst_w0_norm):.4f}",
         "head re-initialised": "yes" if args.reinitializes_head else "no",
         "head norm projected to ||W0||": "after every optimizer step" if args.projects_head_norm else "no",

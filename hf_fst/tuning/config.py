@@ -25,19 +25,12 @@ def normalize_tuning_mode(mode: str) -> str:
     return str(mode).strip().lower().replace("_", "-")
 
 
-FST_ALPHA_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
-"""How the penalty's weight moves over training: `constant` (the paper), or `cosine` (alpha down to 0)."""
-
 AUTO = "auto"
 """The `fst_alpha` value that asks the trainer to choose alpha from a clean-accuracy budget."""
 
 
 def _bad(name: str, value: object, rule: str, fix: str) -> ValueError:
     return ValueError(f"{name}={value!r} {rule}; {fix}")
-
-
-def _finite_number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def parse_fst_alpha(value: object) -> float | str:
@@ -148,16 +141,6 @@ class FSTConfig(TrainingArguments):
         fst_validation_fraction (`float`, defaults to `0.2`):
             With `fst_alpha="auto"`: the share of the tuning data held out (seeded, stratified by label) to judge
             each candidate strength.
-        fst_alpha_schedule (`str`, defaults to `"constant"`):
-            `constant` applies alpha throughout, as the paper does; `cosine` lowers it from alpha at the first step
-            to 0 at the last (half a cosine), so the head is pushed away from W0 early and the last steps are plain
-            cross-entropy. Needs the penalty (`fst` mode). See BENCHMARKS.md, "FST variants", for what it measured.
-        distill_weight (`float`, defaults to `0.0`):
-            Weight of a distillation term T^2 * KL(input model || tuned model) on the tuning batches, the input model
-            (the backdoored one, in eval mode) as teacher: it keeps the clean behaviour while the penalty shifts the
-            features. 0 turns it off (the paper). Costs one more forward pass per batch and a copy of the model.
-        distill_temperature (`float`, defaults to `2.0`):
-            The temperature T of the distillation term.
         head_name (`str`, *optional*):
             Dotted path of the classification head (e.g. `classifier`, `classifier.1`, `fc`). Found automatically
             when unset: the `nn.Linear` outside the backbone with `num_labels` outputs.
@@ -190,18 +173,6 @@ class FSTConfig(TrainingArguments):
         default=0.2,
         metadata={"help": "fst_alpha=auto: share of the tuning data held out (stratified) to judge each strength."},
     )
-    fst_alpha_schedule: str = field(
-        default="constant",
-        metadata={
-            "help": "FST penalty weight over training: constant (paper) or cosine (alpha down to 0).",
-            "choices": list(FST_ALPHA_SCHEDULES),
-        },  # fmt: skip
-    )
-    distill_weight: float = field(
-        default=0.0,
-        metadata={"help": "Weight of T^2 * KL(input model || tuned model) on the tuning batches; 0: off (paper)."},
-    )
-    distill_temperature: float = field(default=2.0, metadata={"help": "Temperature T of the distillation term."})
     head_name: str | None = field(
         default=None,
         metadata={"help": "Dotted path of the classification head; found automatically when unset."},
@@ -249,18 +220,6 @@ class FSTConfig(TrainingArguments):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise _bad(name, value, "must be a fraction in (0, 1)", f"pass e.g. --{name} 0.02 (2 points)"
                            if name == "max_accuracy_drop" else f"pass e.g. --{name} 0.2")  # fmt: skip
-        if self.fst_alpha_schedule not in FST_ALPHA_SCHEDULES:
-            raise _bad("fst_alpha_schedule", self.fst_alpha_schedule, "is not a schedule",
-                       f"use one of {', '.join(FST_ALPHA_SCHEDULES)}")  # fmt: skip
-        if self.fst_alpha_schedule != "constant" and not self.uses_fst_penalty:
-            raise _bad("fst_alpha_schedule", self.fst_alpha_schedule, "shapes the FST penalty, which this run has not",
-                       "use tuning_mode='fst' with fst_alpha > 0, or drop it")  # fmt: skip
-        if not _finite_number(self.distill_weight) or self.distill_weight < 0:
-            raise _bad("distill_weight", self.distill_weight, "must be a finite number >= 0",
-                       "pass e.g. --distill_weight 1.0, or 0 to turn distillation off")  # fmt: skip
-        if not _finite_number(self.distill_temperature) or self.distill_temperature <= 0:
-            raise _bad("distill_temperature", self.distill_temperature, "must be a finite number > 0",
-                       "pass e.g. --distill_temperature 2.0")  # fmt: skip
         if self.head_name is not None and not str(self.head_name).strip():
             self.head_name = None
         check_training_numbers(self)

@@ -195,18 +195,13 @@ def bisect_strengths(
 
 def strength_record(trainer: FSTTrainer) -> dict[str, Any]:
     """The strength a run used, for all_results.json and grid records: paper units, scale-free, and the search."""
-    args = trainer.args
-    distill = {"distill_weight": args.distill_weight, "distill_temperature": args.distill_temperature}
-    if args.tuning_mode != "fst":
-        return {"fst_alpha": None, "fst_alpha_normalized": None, "fst_alpha_search": None,
-                "fst_alpha_schedule": None, **distill}  # fmt: skip
+    if trainer.args.tuning_mode != "fst":
+        return {"fst_alpha": None, "fst_alpha_normalized": None, "fst_alpha_search": None}
     search = trainer.fst_alpha_search
     return {
         "fst_alpha": trainer.fst_alpha_raw,
         "fst_alpha_normalized": trainer.fst_alpha_normalized,
         "fst_alpha_search": None if search is None else search.to_dict(),
-        "fst_alpha_schedule": args.fst_alpha_schedule,
-        **distill,
     }
 
 

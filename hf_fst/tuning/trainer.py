@@ -6,7 +6,6 @@ import copy
 import gc
 import inspect
 import json
-import math
 import os
 import shutil
 from typing import Any
@@ -21,7 +20,6 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, get_last_checkpoint
 
 from hf_fst.heads import find_linear_head, project_weight_norm_, reinitialize_linear_
-from hf_fst.tuning.callback import FSTCallback
 from hf_fst.tuning.card import trainer_model_card
 from hf_fst.tuning.config import FSTConfig
 from hf_fst.tuning.contract import repoint_optimizer
@@ -32,8 +30,33 @@ FST_STATE_NAME = FST_STATE_FILE
 """File written next to each checkpoint with W0 and ||W0||, so a resumed run continues exactly."""
 
 
-def _logits(outputs: Any) -> torch.Tensor:
-    return outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+class _FSTCallback(TrainerCallback):
+    """Projects the head after every optimizer step and stops on a non-finite loss before anything uses it.
+
+    The finiteness flag lives on the device and is read only when the step's loss is about to be logged, a
+    checkpoint saved, an evaluation run or training ended, so that no step waits on a host-device sync.
+    """
+
+    def __init__(self, trainer: FSTTrainer) -> None:
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.trainer.args.projects_head_norm:
+            self.trainer.project_head()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        last = state.max_steps and state.global_step >= state.max_steps
+        if (
+            last
+            or control.should_log
+            or control.should_save
+            or control.should_evaluate
+            or control.should_training_stop
+        ):
+            self.trainer.raise_if_nonfinite()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.trainer.raise_if_nonfinite()
 
 
 class FSTTrainer(Trainer):
@@ -51,9 +74,7 @@ class FSTTrainer(Trainer):
 
     During training the loss is cross-entropy (label-smoothed with `label_smoothing_factor`, or the
     `compute_loss_func` given) plus, in `fst` mode, `fst_penalty()` = alpha * <W, W0>; both parts are logged
-    (`ce_loss`, `fst_penalty`). Options beyond the paper: a penalty weight that decays over training
-    (`fst_alpha_schedule`), and distillation from the input model (`distill_weight`, logged as `distill_loss`).
-    After every optimizer step `project_head()` rescales the head weight to ||W0||.
+    (`ce_loss`, `fst_penalty`). After every optimizer step `project_head()` rescales the head weight to ||W0||.
     The penalty, the projection and the head lookup are methods: override them to try a variant of the method.
     Every `Trainer` argument is honoured or refused at construction: see `hf_fst.tuning.contract`.
 
@@ -147,10 +168,6 @@ class FSTTrainer(Trainer):
         self.loss_is_scaled_for_ga = compute_loss_func is not None
         # Our cross-entropy never reads num_items_in_batch: spare the Trainer counting (and gathering) it each step.
         self.model_accepts_loss_kwargs = False
-        # With distillation, the teacher is the model as given: a frozen second copy, in eval mode.
-        self.distill_teacher: nn.Module | None = None
-        if self.args.distill_weight > 0:
-            self.distill_teacher = copy.deepcopy(model).to(self.args.device).eval().requires_grad_(False)
 
         head = self.head
         self.fst_w0 = head.weight.detach().float().clone()
@@ -174,7 +191,7 @@ class FSTTrainer(Trainer):
         self._part_counts: dict[str, int] = {}
         self._first_bad_step: torch.Tensor | None = None
         self._first_bad_loss: torch.Tensor | None = None
-        self.add_callback(FSTCallback(self))
+        self.add_callback(_FSTCallback(self))
 
     # ----------------------------------------------------------------------------------------- head
     @property
@@ -210,22 +227,7 @@ class FSTTrainer(Trainer):
         inner = (self.head.weight.float() * self.fst_w0).sum()
         if self.args.normalize_fst_alpha:
             inner = inner / self.fst_w0_norm.square()
-        return self.args.fst_alpha * self.fst_alpha_factor() * inner
-
-    def fst_alpha_factor(self) -> float:
-        """The share of alpha applied at this step: 1 (`constant`), or half a cosine from 1 to 0 (`cosine`)."""
-        if self.args.fst_alpha_schedule == "constant":
-            return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * self.state.global_step / max(self.state.max_steps, 1)))
-
-    def distillation_loss(self, inputs: dict[str, Any], outputs: Any) -> torch.Tensor:
-        """distill_weight * T^2 * KL(teacher || tuned model) on this batch's softened predictions."""
-        with torch.no_grad():
-            target = self.distill_teacher(**{k: v for k, v in inputs.items() if k in self._model_input_names})
-        t = self.args.distill_temperature
-        student = F.log_softmax(_logits(outputs).float() / t, dim=-1)
-        teacher = F.log_softmax(_logits(target).float() / t, dim=-1)
-        return self.args.distill_weight * t * t * F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+        return self.args.fst_alpha * inner
 
     @property
     def fst_alpha_raw(self) -> float | None:
@@ -253,7 +255,7 @@ class FSTTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
-        """The task loss on the logits, plus `fst_penalty()` in `fst` mode and `distillation_loss()` when asked.
+        """The task loss on the logits, plus `fst_penalty()` when training in `fst` mode.
 
         The task loss is the caller's `compute_loss_func` if given, else cross-entropy with
         `label_smoothing_factor`. It is computed here rather than by the model because several transformers
@@ -270,7 +272,8 @@ class FSTTrainer(Trainer):
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as `Trainer` does for a loss normalised over ranks
         else:
-            loss = F.cross_entropy(_logits(outputs).float(), labels, label_smoothing=self.args.label_smoothing_factor)
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
         if model.training:  # evaluation reports the task loss alone
             # Logged per batch: undo the whole-batch normalisation of a compute_loss_func over accumulation.
             steps = self.current_gradient_accumulation_steps if self.loss_is_scaled_for_ga else 1
@@ -280,10 +283,6 @@ class FSTTrainer(Trainer):
                 self._add_part("fst_penalty", penalty.detach())
                 # The Trainer divides a per-batch loss by the accumulation steps; a whole-batch one it does not.
                 loss = loss + (penalty / steps if self.loss_is_scaled_for_ga else penalty)
-            if self.distill_teacher is not None:  # a per-batch mean, scaled as the penalty is
-                distill = self.distillation_loss(inputs, outputs)
-                self._add_part("distill_loss", distill.detach())
-                loss = loss + (distill / steps if self.loss_is_scaled_for_ga else distill)
             self._note_finite(loss)
         return (loss, outputs) if return_outputs else loss
 
