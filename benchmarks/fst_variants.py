@@ -3,7 +3,7 @@
 Each variant is an `FSTTrainer` subclass (or, for the cross-entropy phase, a second run), tuned on the same 1,000
 clean images with the same settings as the grid's `fst` rows, at several scale-free strengths s = alpha x ||W0||^2:
 
-- `fst`: the paper's penalty, s * <W, W0> / ||W0||^2 (the paper's alpha 0.2 is s = 5.6-5.8 on these heads);
+- `fst`: the paper's penalty, s * <W, W0> / ||W0||^2 (the paper's alpha 0.2 is s = 5.8-5.9 on these heads);
 - `fst-decay`: the same penalty with s decaying to 0 over training (half a cosine);
 - `fst-orth`: s * cos^2(W, W0) instead of s * cos(W, W0): drive the new head orthogonal to W0, not against it;
 - `fst-kd`: the paper's penalty plus a distillation term, T^2 * KL(teacher || student) at temperature T = 2,
