@@ -110,6 +110,16 @@ def test_a_head_word_breaks_a_tie_and_no_word_is_refused():
     del model.classifier
     with pytest.raises(ValueError, match=r"several candidate heads \(projection, other\); pass head_name="):
         find_linear_head(model)
+    # The word counts in the layer's own name or its parent's (`classifier.1`), not further up the path.
+    nested = torch.nn.Module()
+    nested.projection = torch.nn.Linear(4, 3)
+    nested.classifier = torch.nn.Sequential(torch.nn.Dropout(), torch.nn.Linear(4, 3))
+    assert find_linear_head(nested)[0] == "classifier.1"
+    deep = torch.nn.Module()
+    deep.projection = torch.nn.Linear(4, 3)
+    deep.classifier = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(4, 3)))
+    with pytest.raises(ValueError, match=r"several candidate heads \(projection, classifier\.0\.0\)"):
+        find_linear_head(deep)
 
 
 class _Config:
@@ -149,6 +159,10 @@ def test_only_layers_with_num_labels_outputs_are_candidates():
     zero.config.num_labels = 0  # 0 is "unknown", not a size to match
     with pytest.raises(ValueError, match=r"several candidate heads \(proj, side\)"):
         find_linear_head(zero)
+    wrong = _Backboned(num_labels=3, extra_out=5)
+    wrong.config.num_labels = 7  # the refusal names the size it looked for
+    with pytest.raises(ValueError, match=r"^_Backboned has no linear classification head with out_features=7; "):
+        find_linear_head(wrong)
 
 
 def test_peft_head_is_the_active_adapters_copy():
