@@ -163,6 +163,8 @@ def test_only_layers_with_num_labels_outputs_are_candidates():
     wrong.config.num_labels = 7  # the refusal names the size it looked for
     with pytest.raises(ValueError, match=r"^_Backboned has no linear classification head with out_features=7; "):
         find_linear_head(wrong)
+    with pytest.raises(ValueError, match=r"^Sequential has no linear classification head; pass head_name="):
+        find_linear_head(torch.nn.Sequential(torch.nn.ReLU()))  # no size known, none named
 
 
 def test_peft_head_is_the_active_adapters_copy():
