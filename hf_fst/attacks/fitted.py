@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hf_fst.forward import logits_of, model_device
+from hf_fst.forward import model_device
 
-__all__ = ["load_trigger", "logits_of", "model_inputs", "resize_trigger"]
+__all__ = ["load_trigger", "model_inputs", "resize_trigger"]
 
 
 def model_inputs(

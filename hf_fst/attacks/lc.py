@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from hf_fst.attacks.base import AttackConfig, Kind, scale_to, transient_field
-from hf_fst.attacks.fitted import logits_of, model_inputs
+from hf_fst.attacks.fitted import model_inputs
 from hf_fst.console import progress
+from hf_fst.forward import logits_of
 
 __all__ = ["LCConfig", "checker_trigger"]
 

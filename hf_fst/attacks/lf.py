@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from hf_fst.attacks.base import REFERENCE_SIZE, AttackConfig, Kind, to_uint8
-from hf_fst.attacks.fitted import load_trigger, logits_of, model_inputs, resize_trigger
+from hf_fst.attacks.fitted import load_trigger, model_inputs, resize_trigger
+from hf_fst.forward import logits_of
 
 __all__ = ["LFConfig", "find_low_frequency_trigger", "low_pass", "trigger_energy_below"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from hf_fst.attacks import get_attack
@@ -11,7 +11,7 @@ from hf_fst.benchmark.sources import DATASETS
 from hf_fst.tuning import TUNING_MODES
 from hf_fst.tuning.config import parse_fst_alpha
 
-__all__ = ["GridConfig", "config_dict"]
+__all__ = ["GridConfig"]
 
 
 @dataclass
@@ -104,7 +104,3 @@ class GridConfig:
         if self.base_epochs is None:
             return None
         return {"epochs": self.base_epochs, "learning_rate": self.base_learning_rate, "seed": self.base_seed}
-
-
-def config_dict(config: GridConfig) -> dict[str, Any]:
-    return asdict(config)
