@@ -12,6 +12,7 @@ clean images with the same settings as the grid's `fst` rows, at several scale-f
 - `fst-decay-kd`: the decaying penalty and the distillation term together.
 
     OMP_NUM_THREADS=1 python benchmarks/fst_variants.py --data_dir $DATA --attacks blended sig lc --seeds 0
+    OMP_NUM_THREADS=1 python benchmarks/fst_variants.py --data_dir $DATA --dataset gtsrb --seeds 0
     python benchmarks/fst_variants.py --render      # the table and the frontier plot, into BENCHMARKS.md
 
 The backdoored models come from the strong grid's cache (`benchmarks/cache`), trained there if missing.
@@ -38,10 +39,13 @@ from hf_fst.benchmark.records import device_name, head_norm_squared
 from hf_fst.benchmark.sources import DATASETS
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "variants" / "cifar10.jsonl"
-STRONG = ROOT / "benchmarks" / "results" / "strong" / "cifar10.jsonl"
+RESULTS = ROOT / "benchmarks" / "results" / "variants"  # <dataset>.jsonl
+STRONG = ROOT / "benchmarks" / "results" / "strong"  # the strong grid's records, <dataset>.jsonl
+# Epochs of each data set's kept clean base (BENCHMARKS.md, "Strong-model CPU grid").
+BASE_EPOCHS = {"cifar10": 30, "gtsrb": 20}
 PLOT = ROOT / "benchmarks" / "plots" / "fst_variants_frontier.png"
 MARKERS = ("<!-- variants:begin -->", "<!-- variants:end -->")
+PAPER = "fst (paper alpha)"  # the strong grid's fst rows: the data set's alpha from the paper, raw
 DISTILL_TEMPERATURE = 2.0
 CE_PHASE = {"epochs": 2, "learning_rate": 0.001}
 logger = logging.getLogger("fst_variants")
@@ -94,39 +98,39 @@ DEFAULT_STRENGTHS = {"fst": [2.0, 4.0, 8.0], "fst-decay": [4.0, 8.0, 16.0], "fst
                      "fst-kd": [4.0, 8.0, 16.0, 32.0], "fst-ce": [4.0, 8.0], "fst-decay-kd": [8.0, 16.0, 32.0]}  # fmt: skip
 
 
-def strong_config(data_dir: str | None, cache_dir: str) -> GridConfig:
-    """The strong grid's settings (see BENCHMARKS.md, "Strong-model CPU grid")."""
+def strong_config(dataset: str, data_dir: str | None, cache_dir: str) -> GridConfig:
+    """The strong grid's settings for `dataset` (see BENCHMARKS.md, "Strong-model CPU grid")."""
     return GridConfig(
-        datasets=["cifar10"], attacks=["blended"], model="preact-resnet-18-w0.25", data_dir=data_dir,
-        backdoor_augment=True, base_epochs=30, base_learning_rate=0.05, backdoor_epochs=5,
+        datasets=[dataset], attacks=["blended"], model="preact-resnet-18-w0.25", data_dir=data_dir,
+        backdoor_augment=True, base_epochs=BASE_EPOCHS[dataset], base_learning_rate=0.05, backdoor_epochs=5,
         backdoor_learning_rate=0.02, num_tuning_samples=1000, normalize_fst_alpha=True, cache_dir=cache_dir,
         disable_tqdm=True,
     )  # fmt: skip
 
 
-def run_variant(runner: GridRunner, model, variant: str, strength: float, seed: int):
+def run_variant(runner: GridRunner, dataset: str, model, variant: str, strength: float, seed: int):
     """Tune a copy of the backdoored `model` with one variant; returns the tuned model."""
     trainer_class = VARIANTS[variant]
     if issubclass(trainer_class, DistillingFST):  # the teacher: the backdoored model itself, frozen
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
         trainer_class = type(f"{trainer_class.__name__}ForModel", (trainer_class,), {"teacher": teacher})
-    tuned = runner.tune(model, "cifar10", "fst", seed, 1000, strength, trainer_class=trainer_class).model
+    tuned = runner.tune(model, dataset, "fst", seed, 1000, strength, trainer_class=trainer_class).model
     if variant == "fst-ce":
-        data = runner.load("cifar10")
-        index = runner.tuning_index("cifar10", seed, 1000)
+        data = runner.load(dataset)
+        index = runner.tuning_index(dataset, seed, 1000)
         tuned = runner._train(
             tuned, data["train_images"][index], data["train_labels"][index], CE_PHASE["epochs"],
             CE_PHASE["learning_rate"], seed, tempfile.mkdtemp(prefix="ce-phase-"), runner.config.tuning_augment,
-            DATASETS["cifar10"]["flip"], tuning_mode="ft",
+            DATASETS[dataset]["flip"], tuning_mode="ft",
         ).model  # fmt: skip
     return tuned
 
 
 def run(args: argparse.Namespace) -> None:
-    runner = GridRunner(strong_config(args.data_dir, args.cache_dir))
+    dataset, results_file = args.dataset, args.results_file or RESULTS / f"{args.dataset}.jsonl"
+    runner = GridRunner(strong_config(dataset, args.data_dir, args.cache_dir))
     done = {
-        (r["attack"], r["poison_rate"], r["seed"], r["variant"], r["strength"])
-        for r in read_records(args.results_file)
+        (r["attack"], r["poison_rate"], r["seed"], r["variant"], r["strength"]) for r in read_records(results_file)
     }
     for seed in args.seeds:
         for attack in args.attacks:
@@ -135,12 +139,12 @@ def run(args: argparse.Namespace) -> None:
                         if (attack, rate, seed, v, s) not in done and (not args.strengths or s in args.strengths)]  # fmt: skip
                 if not todo:
                     continue
-                model, evaluation, info = runner.backdoored_model("cifar10", attack, rate, seed)
+                model, evaluation, info = runner.backdoored_model(dataset, attack, rate, seed)
                 for variant, strength in todo:
                     start = time.perf_counter()
-                    tuned = run_variant(runner, model, variant, strength, seed)
+                    tuned = run_variant(runner, dataset, model, variant, strength, seed)
                     record = {
-                        "dataset": "cifar10", "model": runner.config.model, "attack": attack, "poison_rate": rate,
+                        "dataset": dataset, "model": runner.config.model, "attack": attack, "poison_rate": rate,
                         "seed": seed, "variant": variant, "strength": strength,
                         "distill_temperature": DISTILL_TEMPERATURE if variant.endswith("-kd") else None,
                         "ce_phase": CE_PHASE if variant == "fst-ce" else None,
@@ -149,25 +153,29 @@ def run(args: argparse.Namespace) -> None:
                         **{k: v for k, v in info.items() if k.startswith("before_")},
                         **evaluation.evaluate(tuned),
                     }  # fmt: skip
-                    append_record(args.results_file, record)
+                    append_record(results_file, record)
                     logger.info("%s %g s%d %s %g: C-Acc %.4f ASR %.4f", attack, rate, seed, variant, strength,
                                 record["clean_accuracy"], record["attack_success_rate"])  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ render
-def points(records: list[dict], strong: list[dict]) -> dict[tuple[str, float], dict[tuple[str, str], list[dict]]]:
-    """Records by cell (attack, rate) and method (variant, strength label); the paper's FST from the strong grid."""
-    cells: dict[tuple[str, float], dict[tuple[str, str], list[dict]]] = {}
-    seeds = {(r["attack"], r["poison_rate"], r["seed"]) for r in records}
+def points(records: list[dict], strong: list[dict]) -> dict[tuple[str, str, float], dict[tuple[str, str], list[dict]]]:
+    """Records by cell (data set, attack, rate) and method (variant, strength label); the paper's FST and FT come
+    from the strong grid, on the seeds the variants ran."""
+    cells: dict[tuple[str, str, float], dict[tuple[str, str], list[dict]]] = {}
+    seeds = {(r["dataset"], r["attack"], r["poison_rate"], r["seed"]) for r in records}
     for r in records:
-        cells.setdefault((r["attack"], r["poison_rate"]), {}).setdefault(
+        cells.setdefault((r["dataset"], r["attack"], r["poison_rate"]), {}).setdefault(
             (r["variant"], f"{r['strength']:g}"), []
         ).append(r)
     for r in strong:
-        key = (r["attack"], r["poison_rate"], r["seed"])
-        if key in seeds and r["tuning_mode"] in ("fst", "ft") and r.get("fst_alpha") in (0.2, None):
-            label = ("fst (paper alpha 0.2)", "paper") if r["tuning_mode"] == "fst" else ("ft", "-")
-            cells[(r["attack"], r["poison_rate"])].setdefault(label, []).append(r)
+        if (r["dataset"], r["attack"], r["poison_rate"], r["seed"]) not in seeds:
+            continue
+        alpha = r.get("fst_alpha")
+        paper = isinstance(alpha, float) and math.isclose(alpha, DATASETS[r["dataset"]]["fst_alpha"])
+        if (r["tuning_mode"] == "fst" and paper and not r.get("normalize_fst_alpha")) or r["tuning_mode"] == "ft":
+            label = (PAPER, "paper") if r["tuning_mode"] == "fst" else ("ft", "-")
+            cells[(r["dataset"], r["attack"], r["poison_rate"])].setdefault(label, []).append(r)
     return cells
 
 
@@ -185,13 +193,19 @@ def render(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records, strong = read_records(args.results_file), read_records(STRONG)
+    files = [args.results_file] if args.results_file else sorted(RESULTS.glob("*.jsonl"))
+    records = [r for path in files for r in read_records(path)]
+    strong = [r for path in sorted(STRONG.glob("*.jsonl")) for r in read_records(path)]
     cells = points(records, strong)
-    lines = ["| attack, rate | method | s | seeds | C-Acc (%) | ASR (%) | C-Acc vs FST at that ASR (pts) "
+    lines = ["| data set, attack, rate | method | s | seeds | C-Acc (%) | ASR (%) | C-Acc vs FST at that ASR (pts) "
              "| dominates paper FST |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | :---: |"]  # fmt: skip
     wins: dict[tuple[str, str], list[bool]] = {}
-    figure, axes = plt.subplots(1, len(cells), figsize=(5 * len(cells), 4.2), squeeze=False)
-    for axis, ((attack, rate), methods) in zip(axes[0], sorted(cells.items()), strict=True):
+    columns = min(len(cells), 3)
+    rows_count = math.ceil(len(cells) / columns)
+    figure, axes = plt.subplots(rows_count, columns, figsize=(5 * columns, 4.2 * rows_count), squeeze=False)
+    for axis in axes.flat[len(cells) :]:
+        axis.set_visible(False)
+    for axis, ((dataset, attack, rate), methods) in zip(axes.flat, sorted(cells.items()), strict=False):
 
         def stat(rows, key):
             values = np.array([r[key] for r in rows]) * 100
@@ -201,15 +215,15 @@ def render(args: argparse.Namespace) -> None:
             return f"{mean:.1f}" if np.isnan(spread) else f"{mean:.1f} ± {spread:.1f}"
 
         fst = [(stat(rows, "attack_success_rate")[0], stat(rows, "clean_accuracy")[0])
-               for (v, _), rows in methods.items() if v.startswith("fst") and v in ("fst", "fst (paper alpha 0.2)")]  # fmt: skip
+               for (v, _), rows in methods.items() if v.startswith("fst") and v in ("fst", PAPER)]  # fmt: skip
         by_variant: dict[str, list[tuple[float, float, str]]] = {}
-        paper_rows = next(rows for (v, _), rows in methods.items() if v == "fst (paper alpha 0.2)")
+        paper_rows = next(rows for (v, _), rows in methods.items() if v == PAPER)
 
         def paper_on(rows, paper_rows=paper_rows):  # the paper's FST on the same seeds as `rows`
             same = [r for r in paper_rows if r["seed"] in {row["seed"] for row in rows}]
             return stat(same, "clean_accuracy")[0], stat(same, "attack_success_rate")[0]
 
-        def strength(label, rows):  # the paper's alpha 0.2 is a slightly different s on each seed's head
+        def strength(label, rows):  # the paper's alpha is a slightly different s on each seed's head
             if label == "paper":
                 return f"{np.mean([r['fst_alpha_normalized'] for r in rows]):.1f}"
             return label
@@ -221,15 +235,15 @@ def render(args: argparse.Namespace) -> None:
         for (variant, label), rows in sorted(methods.items(), key=order):
             label = strength(label, rows)
             (acc, acc_sd), (asr, asr_sd) = stat(rows, "clean_accuracy"), stat(rows, "attack_success_rate")
-            reference = gain_over_fst(fst, asr) if variant not in ("fst", "fst (paper alpha 0.2)", "ft") else None
+            reference = gain_over_fst(fst, asr) if variant not in ("fst", PAPER, "ft") else None
             gain = "" if reference is None else f"{acc - reference:+.1f}"
             dominates = ""  # equal or lower mean ASR and higher mean C-Acc than the paper's FST on the same seeds
-            if variant not in ("fst (paper alpha 0.2)", "ft"):
+            if variant not in (PAPER, "ft"):
                 paper = paper_on(rows)
                 won = asr <= paper[1] and acc > paper[0]
                 wins.setdefault((variant, label), []).append(won)
                 dominates = "yes" if won else "no"
-            lines.append(f"| {attack} {rate:g} | {variant} | {label} | {len(rows)} | {shown(acc, acc_sd)} | "
+            lines.append(f"| {dataset} {attack} {rate:g} | {variant} | {label} | {len(rows)} | {shown(acc, acc_sd)} | "
                          f"{shown(asr, asr_sd)} | {gain} | {dominates} |")  # fmt: skip
             by_variant.setdefault(variant.split(" ")[0], []).append((asr, acc, label))
         for variant, pts in sorted(by_variant.items()):
@@ -238,10 +252,10 @@ def render(args: argparse.Namespace) -> None:
             axis.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=variant, color=color)
             for asr, acc, label in pts:
                 axis.annotate(label, (asr, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        axis.set(title=f"{attack} {rate:g}", xlabel="ASR (%)", ylabel="C-Acc (%)")
+        axis.set(title=f"{dataset} {attack} {rate:g}", xlabel="ASR (%)", ylabel="C-Acc (%)")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    figure.suptitle("CIFAR-10, preact-resnet-18-w0.25: FST variants (labels: strength s = alpha x ||W0||^2)")
+    figure.suptitle("preact-resnet-18-w0.25: FST variants (labels: strength s = alpha x ||W0||^2)")
     figure.tight_layout()
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(PLOT, dpi=110)
@@ -263,13 +277,14 @@ def render(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=None, help="Folder with cifar10-jpeg/ (default: the Hub).")
+    parser.add_argument("--data_dir", default=None, help="Folder with cifar10-jpeg/, gtsrb-32/ (default: the Hub).")
+    parser.add_argument("--dataset", default="cifar10", choices=sorted(BASE_EPOCHS))
     parser.add_argument("--attacks", nargs="+", default=["blended", "sig", "lc"])
     parser.add_argument("--poison_rates", nargs="+", type=float, default=[0.01])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--strengths", nargs="+", type=float, default=None, help="Only these of each variant's.")
-    parser.add_argument("--results_file", default=str(RESULTS))
+    parser.add_argument("--results_file", default=None, help="Default: benchmarks/results/variants/<dataset>.jsonl.")
     parser.add_argument("--cache_dir", default=str(ROOT / "benchmarks" / "cache"))
     parser.add_argument("--render", action="store_true", help="Render the table and plot from the records.")
     args = parser.parse_args()
@@ -279,7 +294,7 @@ def main() -> None:
         render(args)
     else:
         run(args)
-    print(json.dumps({"records": len(read_records(args.results_file))}))
+    print(json.dumps({"records": len(read_records(args.results_file or RESULTS / f"{args.dataset}.jsonl"))}))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Render the grid section of BENCHMARKS.md, and its plots, from the raw records of the benchmark grids.
 
-    python benchmarks/render.py   # benchmarks/results.jsonl and benchmarks/results/strong/*.jsonl
+    python benchmarks/render.py   # benchmarks/results.jsonl, results/strong/*.jsonl and results/strength/*.jsonl
 
 Only the text between the `<!-- grid:begin -->` and `<!-- grid:end -->` markers is replaced, so the
 hand-written sections around it stay. Every number in that section is a mean over the seeds found in the
@@ -11,7 +11,10 @@ Which records go where:
   alpha and epochs), one set per data set, model and threat model (trained from scratch on poisoned data, or
   a clean base with the backdoor implanted by fine-tuning);
 - the alpha sweep: fst runs of one cell that differ only in `fst_alpha`;
-- the tuning-set-size sweep: runs that differ only in `num_tuning_samples`.
+- the tuning-set-size sweep: runs that differ only in `num_tuning_samples`;
+- the attack-strength tables (backdoors fine-tuned into a kept clean base): the backdoored models of the
+  standard records and of `results/strength/` (runs made to measure the attacks, tuned with LP only), against
+  the base's accuracy in its training record (`benchmarks/models/<base>/info.json`).
 """
 
 from __future__ import annotations
@@ -21,44 +24,42 @@ import json
 import math
 import os
 import re
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from hf_fst.benchmark import DATASETS, read_records  # noqa: E402
-from hf_fst.tuning import TUNING_MODES  # noqa: E402
+from hf_fst.benchmark import DATASETS, read_records
+from hf_fst.benchmark.plots import (
+    ATTACK_LABELS,
+    CLAIM_MAX_ASR,
+    MODE_LABELS,
+    MODE_ORDER,
+    Record,
+    cell,
+    group,
+    plot_modes,
+    plot_retuning,
+    plot_sweep,
+    plot_tradeoff,
+    rate_label,
+    stats,
+    unique_by_seed,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- grid:begin -->", "<!-- grid:end -->"
-MODE_LABELS = {"ft": "FT", "lp": "LP", "ft-init": "FT-init", "fe-tuning": "FE-tuning", "fst": "FST"}
-ATTACK_LABELS = {
-    "badnet": "BadNet",
-    "blended": "Blended",
-    "sig": "SIG",
-    "wanet": "WaNet",
-    "lc": "LC",
-    "adaptive-blend": "Adaptive-Blend",
-    "lf": "LF",
-    "trojannn": "TrojanNN",
-}
-MODE_ORDER = [mode for mode in MODE_LABELS if mode in TUNING_MODES]
 DATASET_LABELS = {"cifar10": "CIFAR-10", "gtsrb": "GTSRB"}
 # The standard tuning run of the grid: 1,000 clean images (2% of CIFAR-10's 50k), lr 0.01, crop+flip.
 MAIN_SETTINGS = {"num_tuning_samples": 1000, "tuning_learning_rate": 0.01, "tuning_augment": True}
 # The claim under test: at rates <= 1%, FST leaves ASR <= 5% with C-Acc within 2 points of the backdoored model.
-CLAIM_MAX_RATE, CLAIM_MAX_ASR, CLAIM_MAX_DROP = 0.01, 0.05, 0.02
+CLAIM_MAX_RATE, CLAIM_MAX_DROP = 0.01, 0.02
 # Below this mean ASR the backdoored model has (almost) no backdoor: a ~70%-accurate clean model already sends
 # about 5% of triggered images to the target class by mistake, so such cells cannot test the claim.
 IMPLANTED_MIN_ASR = 0.2
-
-Record = dict[str, Any]
+# An attack implants as its paper says when it reaches this ASR with C-Acc within CLAIM_MAX_DROP of a clean model.
+STRENGTH_MIN_ASR = 0.9
 
 
 # ------------------------------------------------------------------------------------------------ selection
@@ -91,35 +92,6 @@ def group_title(dataset: str, model: str, made: str) -> tuple[str, str]:
     if made == "base":
         return f"{name}, clean base + fine-tuned backdoor", f"{dataset}-{model}-base"
     return name, f"{dataset}-{model}"
-
-
-def group(records: Iterable[Record], key: Callable[[Record], tuple]) -> dict[tuple, list[Record]]:
-    groups: dict[tuple, list[Record]] = defaultdict(list)
-    for record in records:
-        groups[key(record)].append(record)
-    return dict(groups)
-
-
-def stats(rows: list[Record], metric: str) -> tuple[float, float, int]:
-    values = np.array([row[metric] for row in rows], dtype=float) * 100
-    spread = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
-    return float(values.mean()), spread, len(values)
-
-
-def cell(rows: list[Record], metric: str) -> str:
-    if not rows:
-        return "-"
-    mean, spread, _ = stats(rows, metric)
-    return f"{mean:.1f}" if math.isnan(spread) else f"{mean:.1f} ± {spread:.1f}"
-
-
-def unique_by_seed(rows: list[Record]) -> list[Record]:
-    """One row per seed (the backdoored model's before-metrics are repeated in every mode's record)."""
-    return list({row["seed"]: row for row in rows}.values())
-
-
-def rate_label(rate: float) -> str:
-    return f"{rate * 100:g}%"
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -242,35 +214,6 @@ def retuning_table(rows: list[Record]) -> list[str]:
     return lines
 
 
-def plot_retuning(rows: list[Record], path: Path, title: str) -> None:
-    """Mean ASR after tuning and after the retuning attack, per mode (bars over all cells with both)."""
-    rows = [r for r in rows if r.get("retuning_attack_success_rate") is not None]
-    modes = ["backdoored"] + [m for m in MODE_ORDER if any(r["tuning_mode"] == m for r in rows)]
-    after, retuned = [], []
-    for mode in modes:
-        if mode == "backdoored":
-            picked = unique_by_seed(rows)
-            after.append(stats(picked, "before_attack_success_rate")[0])
-            retuned.append(stats(picked, "before_retuning_attack_success_rate")[0])
-        else:
-            picked = [r for r in rows if r["tuning_mode"] == mode]
-            after.append(stats(picked, "attack_success_rate")[0])
-            retuned.append(stats(picked, "retuning_attack_success_rate")[0])
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    x = np.arange(len(modes))
-    ax.bar(x - 0.2, after, 0.4, label="after tuning (ASR)")
-    ax.bar(x + 0.2, retuned, 0.4, label="after the retuning attack (P-ASR)")
-    ax.set_xticks(x, [MODE_LABELS.get(m, "backdoored") for m in modes])
-    ax.set_ylabel("ASR (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def auto_table(records: list[Record], standard: list[Record]) -> list[str]:
     """`fst_alpha=auto` beside paper FST, per cell: chosen strength, C-Acc change, ASR (and P-ASR when measured)."""
     lines = [
@@ -303,107 +246,6 @@ def auto_table(records: list[Record], standard: list[Record]) -> list[str]:
             f"{cell(rows, 'attack_success_rate')} | {p_asr} | {change(paper)} | {cell(paper, 'attack_success_rate')} |"
         )
     return lines
-
-
-# ------------------------------------------------------------------------------------------------- plots
-def plot_modes(rows: list[Record], path: Path, title: str) -> None:
-    """ASR and C-Acc per tuning mode (bars), one panel pair per poisoning rate, averaged over attacks."""
-    rates = sorted({r["poison_rate"] for r in rows}, reverse=True)
-    attacks = sorted({r["attack"] for r in rows})
-    modes = ["backdoored"] + [m for m in MODE_ORDER if any(r["tuning_mode"] == m for r in rows)]
-    fig, axes = plt.subplots(2, len(rates), figsize=(5.2 * len(rates), 6.4), squeeze=False, sharey="row")
-    width = 0.8 / len(attacks)
-    colors = plt.get_cmap("tab10")
-    for col, rate in enumerate(rates):
-        for row_index, (metric, label) in enumerate(
-            [("attack_success_rate", "ASR (%)"), ("clean_accuracy", "C-Acc (%)")]
-        ):
-            ax = axes[row_index][col]
-            for a_index, attack in enumerate(attacks):
-                cell_rows = [r for r in rows if r["attack"] == attack and r["poison_rate"] == rate]
-                means, spreads = [], []
-                for mode in modes:
-                    if mode == "backdoored":
-                        mode_rows, key = unique_by_seed(cell_rows), f"before_{metric}"
-                    else:
-                        mode_rows, key = [r for r in cell_rows if r["tuning_mode"] == mode], metric
-                    if mode_rows:
-                        mean, spread, _ = stats(mode_rows, key)
-                    else:
-                        mean, spread = float("nan"), float("nan")
-                    means.append(mean)
-                    spreads.append(0.0 if math.isnan(spread) else spread)
-                x = np.arange(len(modes)) + (a_index - (len(attacks) - 1) / 2) * width
-                ax.bar(x, means, width, yerr=spreads, capsize=2, color=colors(a_index),
-                       label=ATTACK_LABELS.get(attack, attack))  # fmt: skip
-            if metric == "attack_success_rate":
-                ax.axhline(CLAIM_MAX_ASR * 100, color="black", linestyle="--", linewidth=0.8)
-                ax.set_title(f"poisoning rate {rate_label(rate)}")
-            ax.set_xticks(np.arange(len(modes)), [MODE_LABELS.get(m, "backdoored") for m in modes], rotation=20)
-            ax.set_ylabel(label)
-            ax.set_ylim(0, 100)
-            ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="upper right")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_tradeoff(rows: list[Record], path: Path, title: str) -> None:
-    """C-Acc against ASR: one point per (attack, rate) cell and mode (mean over seeds), one marker per mode."""
-    modes = [m for m in MODE_ORDER if any(r["tuning_mode"] == m for r in rows)]
-    markers = dict(zip(["backdoored", *MODE_ORDER], "osv^DP", strict=False))
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    cells = group(rows, lambda r: (r["attack"], r["poison_rate"]))
-    series = {"backdoored": [(stats(unique_by_seed(c), "before_attack_success_rate")[0],
-                              stats(unique_by_seed(c), "before_clean_accuracy")[0]) for c in cells.values()]}  # fmt: skip
-    for mode in modes:
-        series[mode] = [
-            (stats(m, "attack_success_rate")[0], stats(m, "clean_accuracy")[0])
-            for c in cells.values()
-            if (m := [r for r in c if r["tuning_mode"] == mode])
-        ]
-    for index, (mode, points) in enumerate(series.items()):
-        xs, ys = zip(*points, strict=True) if points else ((), ())
-        ax.scatter(xs, ys, marker=markers.get(mode, "o"), s=36, color=plt.get_cmap("tab10")(index),
-                   label=MODE_LABELS.get(mode, mode))  # fmt: skip
-    ax.axvline(CLAIM_MAX_ASR * 100, color="black", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("ASR (%)")
-    ax.set_ylabel("C-Acc (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_sweep(groups: dict[str, list[Record]], field: str, path: Path, title: str, log_x: bool) -> None:
-    """ASR and C-Acc (mean +- std over seeds) against `field`, one line per series in `groups`."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for label, rows in groups.items():
-        by_value = group(rows, lambda r: (r[field],))
-        xs = sorted(v[0] for v in by_value)
-        for ax, metric in zip(axes, ("attack_success_rate", "clean_accuracy"), strict=True):
-            means, spreads, _ = np.array([stats(by_value[(x,)], metric) for x in xs]).T
-            spreads = np.nan_to_num(spreads)
-            ax.errorbar(xs, means, yerr=spreads, marker="o", capsize=3, label=label)
-        before = unique_by_seed(rows)
-        axes[1].axhline(stats(before, "before_clean_accuracy")[0], color="gray", linestyle=":", linewidth=1)
-    axes[0].axhline(CLAIM_MAX_ASR * 100, color="black", linestyle="--", linewidth=0.8)
-    for ax, label in zip(axes, ("ASR (%)", "C-Acc (%)"), strict=True):
-        ax.set_xlabel(field)
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        if log_x:
-            ax.set_xscale("log")
-    axes[0].legend(fontsize=8)
-    axes[1].set_title("dotted: backdoored model", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def sweep_table(groups: dict[str, list[Record]], field: str, field_label: str) -> list[str]:
@@ -445,8 +287,54 @@ def sweep_series(records: list[Record], varying: str) -> dict[tuple, dict[str, l
     return found
 
 
-def render(records: list[Record], plot_dir: Path, link_dir: str = "benchmarks/plots") -> str:
-    """The grid section of BENCHMARKS.md; plots go to `plot_dir` and are linked as `link_dir/<name>.png`."""
+def clean_reference(dataset: str, model: str, base: dict[str, Any], models_dirs: Iterable[Path]) -> float | None:
+    """C-Acc of the clean base a backdoor was fine-tuned from: its training record (`info.json`) in a models folder."""
+    pattern = f"{dataset}-{model}-clean-s{base['seed']}-base-e{base['epochs']}-lr{base['learning_rate']:g}-*"
+    for folder in models_dirs:
+        for found in sorted(Path(folder).glob(pattern)):
+            if (found / "info.json").is_file():
+                return json.loads((found / "info.json").read_text())["clean_accuracy"]
+    return None
+
+
+def strength_table(rows: list[Record], clean: float) -> list[str]:
+    """The backdoored models themselves, per attack and rate: C-Acc against the clean base, ASR, RA, implanted?"""
+    lines = [
+        "| attack | rate | seeds | C-Acc (%) | vs clean base (points) | ASR (%) | RA (%) | implanted? |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    cells = group(rows, lambda r: (r["attack"], r["poison_rate"]))
+    for (attack, rate), cell_rows in sorted(cells.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+        models = unique_by_seed(cell_rows)
+        changes = np.array([(r["before_clean_accuracy"] - clean) * 100 for r in models])
+        change = f"{changes.mean():+.1f}" + (f" ± {changes.std(ddof=1):.1f}" if len(changes) > 1 else "")
+        asr = stats(models, "before_attack_success_rate")[0]
+        if asr < IMPLANTED_MIN_ASR * 100:
+            verdict = "no"
+        elif asr >= STRENGTH_MIN_ASR * 100 and changes.mean() >= -CLAIM_MAX_DROP * 100 - 1e-9:
+            verdict = "yes"
+        else:
+            verdict = "partly (ASR under 90%)" if asr < STRENGTH_MIN_ASR * 100 else "no (C-Acc cost over 2 points)"
+        lines.append(
+            f"| {ATTACK_LABELS.get(attack, attack)} | {rate_label(rate)} | {len(models)} | "
+            f"{cell(models, 'before_clean_accuracy')} | {change} | {cell(models, 'before_attack_success_rate')} | "
+            f"{cell(models, 'before_robust_accuracy')} | {verdict} |"
+        )
+    return lines
+
+
+def render(
+    records: list[Record],
+    plot_dir: Path,
+    link_dir: str = "benchmarks/plots",
+    strength_records: Iterable[Record] = (),
+    models_dirs: Iterable[Path] = (),
+) -> str:
+    """The grid section of BENCHMARKS.md; plots go to `plot_dir` and are linked as `link_dir/<name>.png`.
+
+    `strength_records` (runs made only to measure the backdoored models, any tuning mode) join the standard
+    records in the attack-strength tables; `models_dirs` hold the clean bases' training records.
+    """
     plot_dir.mkdir(parents=True, exist_ok=True)
     rel = link_dir
     out = [
@@ -494,6 +382,19 @@ def render(records: list[Record], plot_dir: Path, link_dir: str = "benchmarks/pl
         out += [f"### {name}: FST within an accuracy budget (`fst_alpha=auto`) beside paper FST", "",
                 "C-Acc change in points (after minus before, on the test split); ASR in percent. The budget is checked "
                 "on held-out clean tuning images, never on the test split.", "", *auto_table(rows, standard), ""]  # fmt: skip
+    backdoored = [r for r in [*standard, *strength_records] if r.get("base_training")]
+    for (dataset, model, made), rows in sorted(
+        group(backdoored, lambda r: (r["dataset"], r["model"], regime(r))).items()
+    ):
+        base = rows[0]["base_training"]
+        clean = clean_reference(dataset, model, base, models_dirs)
+        if clean is None:
+            continue
+        name, _ = group_title(dataset, model, made)
+        out += [f"### {name}: attack strength", "",
+                f"The backdoored models before tuning, against their clean base ({100 * clean:.2f}% C-Acc). Implanted: "
+                f"ASR >= {STRENGTH_MIN_ASR:.0%} with C-Acc within {CLAIM_MAX_DROP * 100:g} points of the clean base; "
+                f"'no' below {IMPLANTED_MIN_ASR:.0%} ASR.", "", *strength_table(rows, clean), ""]  # fmt: skip
     if all_failures:
         out += ["Cells where the claim (FST ASR <= 5% and C-Acc within 2 points) does not hold at the paper's "
                 "settings: " + "; ".join(all_failures) + ".", ""]  # fmt: skip
@@ -522,6 +423,18 @@ def main() -> None:
         default=[str(ROOT / "benchmarks" / "results.jsonl"),
                  *map(str, sorted((ROOT / "benchmarks" / "results" / "strong").glob("*.jsonl")))],
     )  # fmt: skip
+    parser.add_argument(
+        "--strength_file",
+        nargs="*",
+        default=[str(path) for path in sorted((ROOT / "benchmarks" / "results" / "strength").glob("*.jsonl"))],
+        help="Records of runs that measure the backdoored models only (the attack-strength tables).",
+    )
+    parser.add_argument(
+        "--models_dir",
+        nargs="*",
+        default=[str(ROOT / "benchmarks" / "models")],
+        help="Folders holding the clean base models and their training records (info.json).",
+    )
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--plot_dir", default=str(ROOT / "benchmarks" / "plots"))
     args = parser.parse_args()
@@ -530,7 +443,9 @@ def main() -> None:
         raise SystemExit(f"error: --results_file {args.results_file} has no records; run recipes/benchmark.py first")
     markdown = Path(args.markdown)
     plot_dir = Path(args.plot_dir).resolve()
-    section = render(records, plot_dir, os.path.relpath(plot_dir, markdown.resolve().parent))
+    strength = [record for path in args.strength_file for record in read_records(path)]
+    link = os.path.relpath(plot_dir, markdown.resolve().parent)
+    section = render(records, plot_dir, link, strength, [Path(folder) for folder in args.models_dir])
     text = markdown.read_text()
     if BEGIN in text and END in text:
         text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)

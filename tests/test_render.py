@@ -113,3 +113,58 @@ def test_auto_strength_table_sits_beside_paper_fst(render, tmp_path):
     assert "FST within an accuracy budget" in text
     assert "| BadNet | 1% | 2 | 2 | 2.50 | -0.5 ± 0.0 | 6.0 ± 1.4 | - | -1.0 ± 0.0 | 3.0 ± 0.0 |" in text
     assert "| BadNet | 1% | 2 | 90.0 ± 0.0 | 3.0 ± 0.0 |" in text  # the main ASR table keeps paper FST only
+
+
+def test_attack_strength_table_against_the_clean_base(render, tmp_path):
+    base = {"epochs": 30, "learning_rate": 0.05, "seed": 0}
+    models = tmp_path / "models"
+    kept = models / "cifar10-resnet-s-clean-s0-base-e30-lr0.05-n50000-abc1234-aug"
+    kept.mkdir(parents=True)
+    (kept / "info.json").write_text('{"clean_accuracy": 0.8}')
+
+    def made(attack, rate, seed, before, mode="lp"):
+        return {**record(mode, seed, 0.7, 0.5, rate=rate, before=before), "attack": attack, "base_training": base}
+
+    standard = [
+        made("blended", 0.01, 0, (0.79, 0.95), "ft"), made("blended", 0.01, 0, (0.79, 0.95), "fst"),
+        made("blended", 0.01, 1, (0.77, 0.93), "ft"),  # one model per seed, however many modes tuned it
+    ]  # fmt: skip
+    strength = [
+        made("badnet", 0.1, 0, (0.75, 0.99)),  # 5 points below the clean base: too costly
+        made("sig", 0.1, 0, (0.80, 0.60)),  # partly
+        made("wanet", 0.1, 0, (0.80, 0.10)),  # no backdoor
+        made("blended", 0.01, 1, (0.77, 0.93)),  # the same model as a standard record: counted once
+    ]
+    text = render.render(standard, tmp_path / "plots", strength_records=strength, models_dirs=[models])
+    assert "attack strength" in text and "(80.00% C-Acc)" in text
+    assert "| Blended | 1% | 2 | 78.0 ± 1.4 | -2.0 ± 1.4 | 94.0 ± 1.4 | 5.0 ± 0.0 | yes |" in text
+    assert "| BadNet | 10% | 1 | 75.0 | -5.0 | 99.0 | 5.0 | no (C-Acc cost over 2 points) |" in text
+    assert "| SIG | 10% | 1 | 80.0 | +0.0 | 60.0 | 5.0 | partly (ASR under 90%) |" in text
+    assert "| WaNet | 10% | 1 | 80.0 | +0.0 | 10.0 | 5.0 | no |" in text
+    # Without the clean base's training record there is nothing to compare with, so no table.
+    assert "attack strength" not in render.render(standard, tmp_path / "plots", strength_records=strength)
+
+
+def test_variants_compare_with_the_paper_alpha_of_each_data_set():
+    variants = load_script("fst_variants")
+
+    def row(dataset, mode, alpha, seed=0, **extra):
+        return {"dataset": dataset, "attack": "blended", "poison_rate": 0.01, "seed": seed, "tuning_mode": mode,
+                "fst_alpha": alpha, **extra}  # fmt: skip
+
+    records = [
+        {**row("gtsrb", None, None), "variant": "fst-kd", "strength": 16.0},
+        {**row("cifar10", None, None), "variant": "fst-kd", "strength": 16.0},
+    ]
+    strong = [
+        row("gtsrb", "fst", 0.1), row("gtsrb", "fst", 0.2), row("gtsrb", "ft", None),  # GTSRB's paper alpha: 0.1
+        row("gtsrb", "fst", 0.1, seed=1),  # a seed the variants did not run
+        row("gtsrb", "fst", 0.1, normalize_fst_alpha=True),  # a scale-free strength, not the paper's alpha
+        row("cifar10", "fst", 0.2), row("cifar10", "fst", 0.1), row("cifar10", "fst", "auto"),
+    ]
+    cells = variants.points(records, strong)
+    gtsrb, cifar = cells[("gtsrb", "blended", 0.01)], cells[("cifar10", "blended", 0.01)]
+    assert [r["fst_alpha"] for r in gtsrb[(variants.PAPER, "paper")]] == [0.1]
+    assert [r["fst_alpha"] for r in cifar[(variants.PAPER, "paper")]] == [0.2]
+    assert len(gtsrb[("ft", "-")]) == 1 and ("ft", "-") not in cifar
+    assert len(gtsrb[("fst-kd", "16")]) == 1
