@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import copy
 import math
+import pickle
 from pathlib import Path
 
 import pytest
@@ -592,6 +593,8 @@ def test_empty_training_set_is_refused(tmp_path):
         (dict(learning_rate=-0.1), r"^learning_rate=-0.1 must be > 0"),
         (dict(learning_rate=0.0), r"^learning_rate=0.0 must be > 0"),
         (dict(learning_rate=float("nan")), r"^learning_rate=nan is not a finite number"),
+        (dict(learning_rate=True), r"^learning_rate=True is not a finite number"),  # a flag is not a number
+        (dict(num_train_epochs="3"), r"^num_train_epochs='3' is not a finite number"),
         (dict(per_device_train_batch_size=0), r"^per_device_train_batch_size=0 must be a whole number >= 1"),
         (dict(per_device_eval_batch_size=-2), r"^per_device_eval_batch_size=-2 must be a whole number >= 1"),
         (dict(gradient_accumulation_steps=0), r"^gradient_accumulation_steps=0 must be a whole number >= 1"),
@@ -613,6 +616,15 @@ def test_bad_numbers_are_refused_by_name(tmp_path, overrides, message):
         make_args(tmp_path, **overrides)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_pickled_config_leaves_the_hub_token_out(tmp_path):
+    # The Trainer saves (and pushes) training_args.bin, a pickle of the arguments: the token must not be in it.
+    args = make_args(tmp_path, hub_token="hf_secret_token_123")
+    assert b"hf_secret_token_123" not in pickle.dumps(args)
+    state = args.__getstate__()  # what a pickle restores (not unpickled here: nothing is ever unpickled)
+    assert state["hub_token"] is None and state["fst_alpha"] == args.fst_alpha
+    assert args.hub_token == "hf_secret_token_123"  # the live config keeps it for the push itself
 
 
 def test_first_non_finite_step_is_named_without_a_sync_per_step(tmp_path):
