@@ -118,7 +118,7 @@ def run_variant(runner: GridRunner, dataset: str, model, variant: str, strength:
     if variant == "fst-ce":
         data = runner.load(dataset)
         index = runner.tuning_index(dataset, seed, 1000)
-        tuned = runner._train(
+        tuned = runner.train_model(
             tuned, data["train_images"][index], data["train_labels"][index], CE_PHASE["epochs"],
             CE_PHASE["learning_rate"], seed, tempfile.mkdtemp(prefix="ce-phase-"), runner.config.tuning_augment,
             DATASETS[dataset]["flip"], tuning_mode="ft",

@@ -101,7 +101,7 @@ class GridRunner:
         return epochs, alpha
 
     # -- models
-    def _train(
+    def train_model(
         self,
         model,
         images,
@@ -196,7 +196,7 @@ class GridRunner:
         def build():
             model = build_model(config.model, data["num_labels"], data["train_images"].shape[-1], seed)
             start = time.perf_counter()
-            model = self._train(
+            model = self.train_model(
                 model,
                 data["train_images"],
                 data["train_labels"],
@@ -252,7 +252,7 @@ class GridRunner:
             else:
                 model = build_model(self.config.model, data["num_labels"], images.shape[-1], seed)
             start = time.perf_counter()
-            model = self._train(
+            model = self.train_model(
                 model,
                 images,
                 labels,
@@ -358,7 +358,7 @@ class GridRunner:
         data = self.load(dataset_name)
         epochs, _ = self.settings(dataset_name)
         index = self.tuning_index(dataset_name, seed, count)
-        return self._train(
+        return self.train_model(
             model,
             data["train_images"][index],
             data["train_labels"][index],

@@ -47,7 +47,7 @@ def retune(runner: GridRunner, model: Any, dataset_name: str, images: torch.Tens
     """A copy of `model` after the retuning attack (augmented as the grid's tuning runs are)."""
     settings = dict(RETUNING_SETTINGS)
     epochs, learning_rate = settings.pop("num_train_epochs"), settings.pop("learning_rate")
-    return runner._train(
+    return runner.train_model(
         model, images, labels, epochs, learning_rate, seed, tempfile.mkdtemp(prefix="retuning-"),
         runner.config.tuning_augment, DATASETS[dataset_name]["flip"], **settings,
     ).model  # fmt: skip
