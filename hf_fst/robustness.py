@@ -22,6 +22,7 @@ import torch
 from datasets import Dataset, concatenate_datasets
 
 from hf_fst.attacks import backdoor_test_set, get_attack, list_attacks, poison_dataset
+from hf_fst.columns import resolve_columns
 from hf_fst.metrics import predict
 from hf_fst.selection import take
 from hf_fst.tuning import FSTConfig, FSTTrainer
@@ -55,11 +56,27 @@ RETUNING_POISON_SAMPLE = 2000
 
 
 def poisoned_sample(dataset: Dataset, attack: Any, num_poisoned: int, seed: int) -> Dataset:
-    """A seeded sample of `dataset` poisoned by `attack` with about twice `num_poisoned` poisoned rows."""
+    """A seeded sample of `dataset` poisoned by `attack` with about twice `num_poisoned` poisoned rows.
+
+    A clean-label attack poisons images of its target class only. When the sample holds fewer than that many
+    (GTSRB's class 0 is 0.5% of its images), the sample is drawn from the target class instead, all of it poisoned.
+    """
     sample = take(dataset, min(len(dataset), RETUNING_POISON_SAMPLE), seed + 1)
     if attack.is_training_time:  # the attacker's rows carry the trigger itself (WaNet: the fixed warp)
         attack = get_attack(attack, training_time=False)
-    return poison_dataset(sample, attack, min(1.0, 2 * num_poisoned / len(sample)), seed=seed)
+    wanted = 2 * num_poisoned
+    if attack.is_clean_label:
+        _, label_column = resolve_columns(dataset)
+        if int(np.count_nonzero(np.asarray(sample[label_column]) == attack.target_label)) < wanted:
+            target_rows = np.flatnonzero(np.asarray(dataset[label_column]) == attack.target_label)
+            if not len(target_rows):
+                raise ValueError(
+                    f"the clean-label attack {attack.name!r} poisons images of target class {attack.target_label}, "
+                    "and the training split has none; pick another target_label or attack"
+                )
+            sample = take(dataset.select(target_rows.tolist()), min(len(target_rows), wanted), seed + 1)
+            return poison_dataset(sample, attack, 1.0, seed=seed)
+    return poison_dataset(sample, attack, min(1.0, wanted / len(sample)), seed=seed)
 
 
 def retuning_set(tuning_set: Dataset, poisoned: Dataset, num_poisoned: int = 5) -> Dataset:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset, Image
+from PIL import Image as PILImage
 from transformers import set_seed
 
 from hf_fst import FSTConfig, FSTTrainer, evaluate_backdoor, get_attack, poison_dataset
@@ -13,6 +15,7 @@ from hf_fst.console import set_progress_bars
 from hf_fst.demo import digits_dataset, small_resnet
 from hf_fst.robustness import (
     class_shares,
+    poisoned_sample,
     retuning_args,
     retuning_attack,
     retuning_set,
@@ -99,6 +102,28 @@ def test_retuning_set_replaces_the_first_rows_with_poisoned_ones(digits):
         retuning_set(tuning, poisoned, 0)
     with pytest.raises(ValueError, match="has only 0 poisoned rows"):
         retuning_set(tuning, poisoned.filter(lambda row: not row["is_poisoned"]), 5)
+
+
+def test_clean_label_attacker_draws_from_a_rare_target_class():
+    # 2,500 rows with only 6 of target class 0: a 2,000-row sample cannot hold the 10 (2 x 5) rows a clean-label
+    # attack needs, so the attacker's images come from the target class itself (GTSRB's class 0 is 0.5%).
+    rng = np.random.default_rng(0)
+    labels = [0] * 6 + [int(c) for c in rng.integers(1, 5, size=2494)]
+    pixels = rng.integers(0, 256, size=(2500, 8, 8, 3), dtype=np.uint8)
+    data = Dataset.from_dict({"image": [PILImage.fromarray(p) for p in pixels], "label": labels})
+    data = data.cast_column("image", Image())
+    sig = get_attack("sig")
+    poisoned = poisoned_sample(data, sig, 5, seed=0)
+    flagged = np.flatnonzero(poisoned["is_poisoned"])
+    assert len(flagged) == len(poisoned) == 6 and set(poisoned["label"]) == {0}
+    expected = sig.apply(pixels[:6])  # each row is one of the six class-0 images with SIG's stripes added
+    got = np.stack([np.asarray(image) for image in poisoned["image"]])
+    assert sorted(map(bytes, got)) == sorted(map(bytes, expected))
+    # A common target class keeps the 2,000-row sample and poisons about 2 x 5 of its rows.
+    common = data.map(lambda row, i: {"label": i % 5}, with_indices=True)
+    assert int(np.sum(poisoned_sample(common, sig, 5, seed=0)["is_poisoned"])) == 10
+    with pytest.raises(ValueError, match=r"^the clean-label attack 'sig' poisons images of target class 0, and"):
+        poisoned_sample(data.filter(lambda row: row["label"] != 0), sig, 5, seed=0)
 
 
 def test_retuning_attack_keeps_a_backdoor_and_does_not_teach_a_clean_model(digits):
