@@ -309,12 +309,16 @@ def strength_table(rows: list[Record], clean: float) -> list[str]:
         changes = np.array([(r["before_clean_accuracy"] - clean) * 100 for r in models])
         change = f"{changes.mean():+.1f}" + (f" ± {changes.std(ddof=1):.1f}" if len(changes) > 1 else "")
         asr = stats(models, "before_attack_success_rate")[0]
+        misses = [
+            f"ASR under {STRENGTH_MIN_ASR:.0%}" if asr < STRENGTH_MIN_ASR * 100 else "",
+            f"C-Acc cost over {CLAIM_MAX_DROP * 100:g} points"
+            if changes.mean() < -CLAIM_MAX_DROP * 100 - 1e-9
+            else "",
+        ]
         if asr < IMPLANTED_MIN_ASR * 100:
-            verdict = "no"
-        elif asr >= STRENGTH_MIN_ASR * 100 and changes.mean() >= -CLAIM_MAX_DROP * 100 - 1e-9:
-            verdict = "yes"
+            verdict = "no backdoor"
         else:
-            verdict = "partly (ASR under 90%)" if asr < STRENGTH_MIN_ASR * 100 else "no (C-Acc cost over 2 points)"
+            verdict = "no (" + ", ".join(m for m in misses if m) + ")" if any(misses) else "yes"
         lines.append(
             f"| {ATTACK_LABELS.get(attack, attack)} | {rate_label(rate)} | {len(models)} | "
             f"{cell(models, 'before_clean_accuracy')} | {change} | {cell(models, 'before_attack_success_rate')} | "
@@ -394,7 +398,7 @@ def render(
         out += [f"### {name}: attack strength", "",
                 f"The backdoored models before tuning, against their clean base ({100 * clean:.2f}% C-Acc). Implanted: "
                 f"ASR >= {STRENGTH_MIN_ASR:.0%} with C-Acc within {CLAIM_MAX_DROP * 100:g} points of the clean base; "
-                f"'no' below {IMPLANTED_MIN_ASR:.0%} ASR.", "", *strength_table(rows, clean), ""]  # fmt: skip
+                f"'no backdoor' below {IMPLANTED_MIN_ASR:.0%} ASR.", "", *strength_table(rows, clean), ""]  # fmt: skip
     if all_failures:
         out += ["Cells where the claim (FST ASR <= 5% and C-Acc within 2 points) does not hold at the paper's "
                 "settings: " + "; ".join(all_failures) + ".", ""]  # fmt: skip
