@@ -599,6 +599,8 @@ def test_empty_training_set_is_refused(tmp_path):
         (dict(per_device_eval_batch_size=-2), r"^per_device_eval_batch_size=-2 must be a whole number >= 1"),
         (dict(gradient_accumulation_steps=0), r"^gradient_accumulation_steps=0 must be a whole number >= 1"),
         (dict(max_steps=-3), r"^max_steps=-3 is below -1"),
+        (dict(max_steps=-2), r"^max_steps=-2 is below -1"),
+        (dict(adam_beta2=1.0), r"^adam_beta2=1.0 must be in \[0, 1\)"),
         (dict(weight_decay=-0.1), r"^weight_decay=-0.1 must be >= 0"),
         (dict(max_grad_norm=-1.0), r"^max_grad_norm=-1.0 must be >= 0"),
         (dict(label_smoothing_factor=1.0), r"^label_smoothing_factor=1.0 must be in \[0, 1\)"),
@@ -616,6 +618,15 @@ def test_bad_numbers_are_refused_by_name(tmp_path, overrides, message):
         make_args(tmp_path, **overrides)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(max_steps=1, num_train_epochs=0), dict(adam_beta1=0.0), dict(seed=0), dict(max_steps=-1)],
+)
+def test_numbers_at_the_edge_of_their_range_are_accepted(tmp_path, overrides):
+    args = make_args(tmp_path, **overrides)
+    assert all(getattr(args, name) == value for name, value in overrides.items())
 
 
 def test_pickled_config_leaves_the_hub_token_out(tmp_path):

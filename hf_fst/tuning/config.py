@@ -77,8 +77,8 @@ def check_training_numbers(args: TrainingArguments) -> None:
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if number(name) < 1 or int(getattr(args, name)) != getattr(args, name):
             raise _bad(name, getattr(args, name), "must be a whole number >= 1", f"pass e.g. --{name} 1")
-    for name in ("weight_decay", "max_grad_norm", "warmup_ratio", "dataloader_num_workers"):
-        if hasattr(args, name) and number(name) < 0:
+    for name in ("weight_decay", "max_grad_norm", "dataloader_num_workers"):  # TrainingArguments checks warmup_steps
+        if number(name) < 0:
             raise _bad(name, getattr(args, name), "must be >= 0", f"pass --{name} 0 to turn it off")
     if not 0 <= number("label_smoothing_factor") < 1:
         raise _bad("label_smoothing_factor", args.label_smoothing_factor, "must be in [0, 1)",
