@@ -600,6 +600,10 @@ def test_empty_training_set_is_refused(tmp_path):
         (dict(gradient_accumulation_steps=0), r"^gradient_accumulation_steps=0 must be a whole number >= 1"),
         (dict(max_steps=-3), r"^max_steps=-3 is below -1"),
         (dict(max_steps=-2), r"^max_steps=-2 is below -1"),
+        (dict(seed=2**32), r"^seed=4294967296 must be a whole number in \[0, 2\*\*32\)"),
+        (dict(logging_steps=-1), r"^logging_steps=-1 must be > 0"),
+        (dict(logging_steps=0), r"^logging_steps=0 must be > 0"),
+        (dict(eval_steps=-1), r"^eval_steps=-1 must be > 0"),
         (dict(adam_beta2=1.0), r"^adam_beta2=1.0 must be in \[0, 1\)"),
         (dict(weight_decay=-0.1), r"^weight_decay=-0.1 must be >= 0"),
         (dict(max_grad_norm=-1.0), r"^max_grad_norm=-1.0 must be >= 0"),
@@ -622,7 +626,15 @@ def test_bad_numbers_are_refused_by_name(tmp_path, overrides, message):
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(max_steps=1, num_train_epochs=0), dict(adam_beta1=0.0), dict(seed=0), dict(max_steps=-1)],
+    [
+        dict(max_steps=1, num_train_epochs=0),
+        dict(adam_beta1=0.0),
+        dict(seed=0),
+        dict(seed=2**32 - 1),
+        dict(max_steps=-1),
+        dict(logging_steps=0.5),
+        dict(eval_steps=0),  # a fraction of the run; "as logging"
+    ],
 )
 def test_numbers_at_the_edge_of_their_range_are_accepted(tmp_path, overrides):
     args = make_args(tmp_path, **overrides)
