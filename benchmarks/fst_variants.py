@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from hf_fst import FSTTrainer
 from hf_fst.benchmark import GridConfig, GridRunner, append_record, read_records
+from hf_fst.benchmark.plots import cell, stats
 from hf_fst.benchmark.records import device_name, head_norm_squared
 from hf_fst.benchmark.sources import DATASETS
 
@@ -126,8 +127,13 @@ def run_variant(runner: GridRunner, dataset: str, model, variant: str, strength:
     return tuned
 
 
+def results_path(args: argparse.Namespace) -> Path:
+    """Where the runs of `--dataset` go: `--results_file`, else benchmarks/results/variants/<dataset>.jsonl."""
+    return Path(args.results_file) if args.results_file else RESULTS / f"{args.dataset}.jsonl"
+
+
 def run(args: argparse.Namespace) -> None:
-    dataset, results_file = args.dataset, args.results_file or RESULTS / f"{args.dataset}.jsonl"
+    dataset, results_file = args.dataset, results_path(args)
     runner = GridRunner(strong_config(dataset, args.data_dir, args.cache_dir))
     done = {
         (r["attack"], r["poison_rate"], r["seed"], r["variant"], r["strength"]) for r in read_records(results_file)
@@ -206,22 +212,14 @@ def render(args: argparse.Namespace) -> None:
     for axis in axes.flat[len(cells) :]:
         axis.set_visible(False)
     for axis, ((dataset, attack, rate), methods) in zip(axes.flat, sorted(cells.items()), strict=False):
-
-        def stat(rows, key):
-            values = np.array([r[key] for r in rows]) * 100
-            return values.mean(), (values.std(ddof=1) if len(values) > 1 else float("nan"))
-
-        def shown(mean, spread):
-            return f"{mean:.1f}" if np.isnan(spread) else f"{mean:.1f} ± {spread:.1f}"
-
-        fst = [(stat(rows, "attack_success_rate")[0], stat(rows, "clean_accuracy")[0])
-               for (v, _), rows in methods.items() if v.startswith("fst") and v in ("fst", PAPER)]  # fmt: skip
+        fst = [(stats(rows, "attack_success_rate")[0], stats(rows, "clean_accuracy")[0])
+               for (v, _), rows in methods.items() if v in ("fst", PAPER)]  # fmt: skip
         by_variant: dict[str, list[tuple[float, float, str]]] = {}
         paper_rows = next(rows for (v, _), rows in methods.items() if v == PAPER)
 
         def paper_on(rows, paper_rows=paper_rows):  # the paper's FST on the same seeds as `rows`
             same = [r for r in paper_rows if r["seed"] in {row["seed"] for row in rows}]
-            return stat(same, "clean_accuracy")[0], stat(same, "attack_success_rate")[0]
+            return stats(same, "clean_accuracy")[0], stats(same, "attack_success_rate")[0]
 
         def strength(label, rows):  # the paper's alpha is a slightly different s on each seed's head
             if label == "paper":
@@ -234,7 +232,7 @@ def render(args: argparse.Namespace) -> None:
 
         for (variant, label), rows in sorted(methods.items(), key=order):
             label = strength(label, rows)
-            (acc, acc_sd), (asr, asr_sd) = stat(rows, "clean_accuracy"), stat(rows, "attack_success_rate")
+            acc, asr = stats(rows, "clean_accuracy")[0], stats(rows, "attack_success_rate")[0]
             reference = gain_over_fst(fst, asr) if variant not in ("fst", PAPER, "ft") else None
             gain = "" if reference is None else f"{acc - reference:+.1f}"
             dominates = ""  # equal or lower mean ASR and higher mean C-Acc than the paper's FST on the same seeds
@@ -243,8 +241,8 @@ def render(args: argparse.Namespace) -> None:
                 won = asr <= paper[1] and acc > paper[0]
                 wins.setdefault((variant, label), []).append(won)
                 dominates = "yes" if won else "no"
-            lines.append(f"| {dataset} {attack} {rate:g} | {variant} | {label} | {len(rows)} | {shown(acc, acc_sd)} | "
-                         f"{shown(asr, asr_sd)} | {gain} | {dominates} |")  # fmt: skip
+            lines.append(f"| {dataset} {attack} {rate:g} | {variant} | {label} | {len(rows)} | {cell(rows, 'clean_accuracy')} | "
+                         f"{cell(rows, 'attack_success_rate')} | {gain} | {dominates} |")  # fmt: skip
             by_variant.setdefault(variant.split(" ")[0], []).append((asr, acc, label))
         for variant, pts in sorted(by_variant.items()):
             pts.sort()
@@ -294,7 +292,7 @@ def main() -> None:
         render(args)
     else:
         run(args)
-    print(json.dumps({"records": len(read_records(args.results_file or RESULTS / f"{args.dataset}.jsonl"))}))
+    print(json.dumps({"records": len(read_records(results_path(args)))}))
 
 
 if __name__ == "__main__":

@@ -95,6 +95,11 @@ def group_title(dataset: str, model: str, made: str) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ tables
+def points_cell(changes: np.ndarray) -> str:
+    """A change in points, signed, with the sample std when there are two or more values."""
+    return f"{changes.mean():+.1f}" + (f" ± {changes.std(ddof=1):.1f}" if len(changes) > 1 else "")
+
+
 def setting_line(rows: list[Record], varying: str | None = None) -> str:
     """The settings shared by `rows`; `varying` (a sweep's field) is left out."""
     first = rows[0]
@@ -164,8 +169,8 @@ def claim_table(rows: list[Record]) -> tuple[list[str], list[str]]:
         if not fst:
             continue
         asr, _, _ = stats(fst, "attack_success_rate")
-        drops = [(r["clean_accuracy"] - r["before_clean_accuracy"]) * 100 for r in fst]
-        drop, drop_std = float(np.mean(drops)), float(np.std(drops, ddof=1)) if len(drops) > 1 else float("nan")
+        drops = np.array([(r["clean_accuracy"] - r["before_clean_accuracy"]) * 100 for r in fst])
+        drop = float(drops.mean())
         asr_ok, acc_ok = asr <= CLAIM_MAX_ASR * 100, drop >= -CLAIM_MAX_DROP * 100
         before_asr = stats(unique_by_seed(cell_rows), "before_attack_success_rate")[0]
         if before_asr < IMPLANTED_MIN_ASR * 100:
@@ -179,7 +184,7 @@ def claim_table(rows: list[Record]) -> tuple[list[str], list[str]]:
             f"{cell(unique_by_seed(cell_rows), 'before_attack_success_rate')} | "
             f"{cell(by_mode.get(('ft',), []), 'attack_success_rate')} | "
             f"{cell(by_mode.get(('lp',), []), 'attack_success_rate')} | {cell(fst, 'attack_success_rate')} | "
-            f"{drop:+.1f}{'' if math.isnan(drop_std) else f' ± {drop_std:.1f}'} | "
+            f"{points_cell(drops)} | "
             f"{'yes' if asr_ok else 'no'} | {'yes' if acc_ok else 'no'} | {verdict} |"
         )
     return lines, failures
@@ -231,8 +236,7 @@ def auto_table(records: list[Record], standard: list[Record]) -> list[str]:
         def change(picked: list[Record]) -> str:
             if not picked:
                 return "-"
-            drops = np.array([(r["clean_accuracy"] - r["before_clean_accuracy"]) * 100 for r in picked])
-            return f"{drops.mean():+.1f}" + (f" ± {drops.std(ddof=1):.1f}" if len(drops) > 1 else "")
+            return points_cell(np.array([(r["clean_accuracy"] - r["before_clean_accuracy"]) * 100 for r in picked]))
 
         chosen = np.array([r["fst_alpha_normalized"] for r in rows], dtype=float)
         p_asr = (
@@ -307,22 +311,20 @@ def strength_table(rows: list[Record], clean: float) -> list[str]:
     for (attack, rate), cell_rows in sorted(cells.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
         models = unique_by_seed(cell_rows)
         changes = np.array([(r["before_clean_accuracy"] - clean) * 100 for r in models])
-        change = f"{changes.mean():+.1f}" + (f" ± {changes.std(ddof=1):.1f}" if len(changes) > 1 else "")
         asr = stats(models, "before_attack_success_rate")[0]
-        misses = [
-            f"ASR under {STRENGTH_MIN_ASR:.0%}" if asr < STRENGTH_MIN_ASR * 100 else "",
-            f"C-Acc cost over {CLAIM_MAX_DROP * 100:g} points"
-            if changes.mean() < -CLAIM_MAX_DROP * 100 - 1e-9
-            else "",
-        ]
+        misses = []
+        if asr < STRENGTH_MIN_ASR * 100:
+            misses.append(f"ASR under {STRENGTH_MIN_ASR:.0%}")
+        if changes.mean() < -CLAIM_MAX_DROP * 100 - 1e-9:
+            misses.append(f"C-Acc cost over {CLAIM_MAX_DROP * 100:g} points")
         if asr < IMPLANTED_MIN_ASR * 100:
             verdict = "no backdoor"
         else:
-            verdict = "no (" + ", ".join(m for m in misses if m) + ")" if any(misses) else "yes"
+            verdict = f"no ({', '.join(misses)})" if misses else "yes"
         lines.append(
             f"| {ATTACK_LABELS.get(attack, attack)} | {rate_label(rate)} | {len(models)} | "
-            f"{cell(models, 'before_clean_accuracy')} | {change} | {cell(models, 'before_attack_success_rate')} | "
-            f"{cell(models, 'before_robust_accuracy')} | {verdict} |"
+            f"{cell(models, 'before_clean_accuracy')} | {points_cell(changes)} | "
+            f"{cell(models, 'before_attack_success_rate')} | {cell(models, 'before_robust_accuracy')} | {verdict} |"
         )
     return lines
 
