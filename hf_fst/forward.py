@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -18,5 +19,17 @@ def model_device(model: torch.nn.Module, device: str | torch.device | None = Non
 
 
 def logits_of(output: Any) -> torch.Tensor:
-    """Logits from a transformers output or a plain module's tensor."""
-    return output.logits if hasattr(output, "logits") else output
+    """Logits from whatever a classifier returns.
+
+    A transformers output (`.logits`), a mapping with a `"logits"` key, the tuple a transformers model returns
+    with `return_dict=False` (logits first when no labels were passed), or a plain module's tensor.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, Mapping):
+        return output["logits"]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"model output of type {type(output).__name__} holds no logits; return a tensor or `.logits`")

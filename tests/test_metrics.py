@@ -6,9 +6,12 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, Image
 from PIL import Image as PILImage
+from tiny_models import random_image_rows, tiny_resnet
 from transformers import EvalPrediction, ResNetConfig, ResNetForImageClassification, Trainer, TrainingArguments
+from transformers.modeling_outputs import ImageClassifierOutput
 
 from hf_fst.attacks import backdoor_test_set
+from hf_fst.forward import logits_of
 from hf_fst.metrics import (
     ASR_METRIC_PATH,
     attack_success_rate,
@@ -215,3 +218,20 @@ def test_asr_evaluate_module_loads_offline(monkeypatch):
     # Keyword arguments reach `evaluate.load` (e.g. an experiment id for several evaluations at once).
     named = load_attack_success_rate(experiment_id="defence-a", keep_in_memory=True)
     assert named.experiment_id == "defence-a" and named.keep_in_memory and metric.experiment_id != "defence-a"
+
+
+def test_logits_of_reads_every_output_form():
+    logits = torch.arange(6.0).reshape(2, 3)
+    for output in (logits, ImageClassifierOutput(logits=logits), {"logits": logits}, (logits, "hidden"), [logits]):
+        assert logits_of(output) is logits
+    for output in (None, (), ("text",), "logits"):
+        with pytest.raises(TypeError, match=r"^model output of type \w+ holds no logits"):
+            logits_of(output)
+
+
+def test_predict_reads_a_tuple_returning_model():
+    model = tiny_resnet()
+    rows = random_image_rows(7)
+    expected = predict(model, rows, batch_size=3)
+    model.config.return_dict = False
+    np.testing.assert_array_equal(predict(model, rows, batch_size=3), expected)

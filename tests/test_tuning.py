@@ -402,3 +402,45 @@ def test_fst_state_round_trip_keeps_a_search_only_for_auto_runs(tmp_path):
         assert reader.fst_alpha_search == expected  # a numeric alpha never takes over a stored search
         torch.testing.assert_close(reader.fst_w0, writer.fst_w0)
         assert reader.fst_w0.dtype == torch.float32 and reader.fst_w0_norm.dtype == torch.float32
+
+
+class PlainClassifier(torch.nn.Module):
+    """A torch module that returns bare logits, as a user's own network may."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 8), torch.nn.ReLU())
+        self.classifier = torch.nn.Linear(8, NUM_LABELS)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.body(pixel_values))
+
+
+@pytest.mark.parametrize("kind", ["tensor", "tuple"])
+def test_models_returning_a_tensor_or_a_tuple_train_and_predict(tmp_path, kind):
+    """Trainer.prediction_step drops a tuple's first item as the loss: FSTTrainer must not lose the logits."""
+    if kind == "tensor":
+        model = PlainClassifier()
+        w0 = model.classifier.weight.detach().clone()
+    else:
+        model = tiny_resnet()
+        model.config.return_dict = False
+        w0 = model.classifier[1].weight.detach().clone()
+    rows = random_image_rows(20)
+    args = make_args(tmp_path, label_names=["labels"], num_train_epochs=2, per_device_train_batch_size=4)
+    trainer = FSTTrainer(model=model, args=args, train_dataset=rows, eval_dataset=rows)
+    trainer.train()
+    model = trainer.model
+    weight = model.classifier.weight if kind == "tensor" else model.classifier[1].weight
+    assert not torch.allclose(weight, w0)  # the head was found and re-initialised ...
+    assert weight.norm().item() == pytest.approx(w0.norm().item(), rel=1e-5)  # ... and projected back
+    output = trainer.predict(rows)
+    model.eval()
+    with torch.no_grad():
+        out = model(pixel_values=torch.stack([r["pixel_values"] for r in rows]))
+    logits = out if kind == "tensor" else out[0]
+    assert output.predictions.shape == (20, NUM_LABELS)
+    torch.testing.assert_close(torch.as_tensor(output.predictions), logits, atol=1e-5, rtol=1e-5)
+    labels = torch.tensor([r["labels"] for r in rows])
+    assert output.metrics["test_loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), abs=1e-5)

@@ -8,6 +8,7 @@ import inspect
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, get_last_checkpoint
 
+from hf_fst.forward import logits_of
 from hf_fst.heads import find_linear_head, project_weight_norm_, reinitialize_linear_
 from hf_fst.tuning.card import trainer_model_card
 from hf_fst.tuning.config import FSTConfig
@@ -272,8 +274,9 @@ class FSTTrainer(Trainer):
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as `Trainer` does for a loss normalised over ranks
         else:
-            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
+            loss = F.cross_entropy(
+                logits_of(outputs).float(), labels, label_smoothing=self.args.label_smoothing_factor
+            )
         if model.training:  # evaluation reports the task loss alone
             # Logged per batch: undo the whole-batch normalisation of a compute_loss_func over accumulation.
             steps = self.current_gradient_accumulation_steps if self.loss_is_scaled_for_ga else 1
@@ -284,7 +287,13 @@ class FSTTrainer(Trainer):
                 # The Trainer divides a per-batch loss by the accumulation steps; a whole-batch one it does not.
                 loss = loss + (penalty / steps if self.loss_is_scaled_for_ga else penalty)
             self._note_finite(loss)
-        return (loss, outputs) if return_outputs else loss
+        if not return_outputs:
+            return loss
+        if not isinstance(outputs, Mapping):
+            # `Trainer.prediction_step` takes a tuple's first item for the loss and keeps the rest as predictions;
+            # the model computed no loss here (no labels passed), so put ours first, or the logits would be dropped.
+            outputs = (loss.detach(), *(outputs if isinstance(outputs, (tuple, list)) else (outputs,)))
+        return loss, outputs
 
     def _add_part(self, key: str, value: torch.Tensor) -> None:
         self._part_sums[key] = self._part_sums[key] + value if key in self._part_sums else value.float()
