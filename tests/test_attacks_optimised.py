@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from torch import nn
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_fst.attacks import LFConfig, TrojanNNConfig, get_attack, list_attacks
+from hf_fst.attacks.fitted import resize_trigger
 from hf_fst.attacks.lf import find_low_frequency_trigger, low_pass, trigger_energy_below
 from hf_fst.attacks.trojannn import find_trojan_trigger, most_connected_neurons, square_mask
 
@@ -124,3 +127,64 @@ def test_optimised_triggers_load_from_files_and_bad_files_are_refused(tmp_path):
         get_attack("trojannn", mask_size=40)
     with pytest.raises(ValueError, match=r"^max_value=0"):
         get_attack("lf", max_value=0)
+
+
+def test_resize_trigger_resamples_and_matches_channels():
+    trigger = np.arange(12, dtype=np.float32).reshape(2, 2, 3) / 12  # channel c of pixel p: (3p + c) / 12
+    near = resize_trigger(trigger, 4, 6, 3, "nearest")
+    np.testing.assert_array_equal(near, trigger.repeat(2, axis=0).repeat(3, axis=1))
+    smooth = resize_trigger(trigger, 4, 6, 3, "bilinear")
+    assert smooth.shape == (4, 6, 3) and not np.array_equal(smooth, near)  # the resampling asked for is used
+    gray = resize_trigger(trigger, 2, 2, 1, "nearest")
+    np.testing.assert_allclose(gray, trigger.mean(-1, keepdims=True))  # three channels to one: their mean
+    np.testing.assert_array_equal(resize_trigger(gray, 2, 2, 3, "nearest"), np.repeat(gray, 3, axis=-1))
+    assert resize_trigger(trigger, 2, 2, 3, "nearest") is trigger  # the right size and channels: untouched
+
+
+def test_optimised_triggers_exact_values_and_parameter_bounds(tmp_path):
+    square = get_attack("trojannn").trigger(32, 32, 3)
+    assert set(np.unique(square)) == {0.0, 255.0} and (square == 255.0).sum() == 10 * 10 * 3
+    np.save(tmp_path / "lf.npy", np.full((8, 8, 3), 0.1, np.float32))
+    np.testing.assert_allclose(get_attack("lf", pattern=str(tmp_path / "lf.npy")).trigger(32, 32, 3), 25.5, rtol=1e-6)
+    patch = np.zeros((16, 16, 3), np.float32)
+    patch[::2, ::2] = 1.0  # a checkerboard of single pixels: any resampling but nearest blurs it
+    np.save(tmp_path / "trojan.npy", patch)
+    stamped = get_attack("trojannn", pattern=str(tmp_path / "trojan.npy")).trigger(32, 32, 3)
+    np.testing.assert_array_equal(stamped, patch.repeat(2, axis=0).repeat(2, axis=1) * 255.0)
+    for side in (1, 32):
+        assert get_attack("trojannn", mask_size=side).mask_size == side
+    for side in (0, 33):
+        with pytest.raises(ValueError, match=rf"^mask_size={side}: expected a side in \[1, 32\]"):
+            get_attack("trojannn", mask_size=side)
+    assert get_attack("lf", max_value=1.0, sigma=0.5).trigger(32, 32, 1).max() == pytest.approx(255.0)
+    for bad in ({"max_value": 1.5}, {"sigma": 0.0}, {"max_value": 0.0}):
+        with pytest.raises(ValueError, match=r"^max_value=.*, sigma=.*: expected max_value in \(0, 1\] and sigma > 0"):
+            get_attack("lf", **bad)
+
+
+def test_trojan_trigger_defaults_are_backdoorbenchs_and_head_name_is_honoured():
+    defaults = {k: p.default for k, p in inspect.signature(find_trojan_trigger).parameters.items()}
+    assert {k: defaults[k] for k in ("num_neurons", "target_value", "steps", "step_size", "eps")} == {
+        "num_neurons": 2,
+        "target_value": 100.0,
+        "steps": 1000,
+        "step_size": 0.1,
+        "eps": 0.3,
+    }
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("flat", nn.Flatten())
+    model.add_module("proj", nn.Linear(3 * 8 * 8, 6))
+    model.add_module("classifier", nn.Linear(6, 4))
+    with torch.no_grad():  # proj's most connected inputs: pixel (6, 6) of channel 0 and (7, 5) of channel 1
+        model.proj.weight.mul_(0.01)
+        model.proj.weight[:, 0 * 64 + 6 * 8 + 6] = 1.0
+        model.proj.weight[:, 1 * 64 + 7 * 8 + 5] = -1.0
+    mask = np.zeros((8, 8, 3), np.float32)
+    mask[4:, 4:] = 0.5
+    trigger = find_trojan_trigger(model, mask, steps=20, step_size=0.05, eps=0.5, target_value=5.0, head_name="proj")
+    expected = mask.copy()
+    expected[6, 6, 0] = expected[7, 5, 1] = 1.0  # driven up to the bound; no other pixel moves the cost
+    np.testing.assert_array_equal(trigger, expected)
+    by_default = find_trojan_trigger(model, mask, steps=20, step_size=0.05, eps=0.5, target_value=5.0)
+    assert not np.array_equal(by_default, expected)  # the default head is `classifier`, whose inputs differ

@@ -78,7 +78,14 @@ def test_trigger_collator_warps_after_the_transform_and_refuses_misuse():
     rows = [dict(zip(("pixel_values", "labels", "trigger_kind"), values, strict=True)) for values in zip(
         *(lambda b: (b["pixel_values"], b["labels"], b["trigger_kind"]))(transform(poisoned[:30])), strict=True
     )]  # fmt: skip
+    torch.manual_seed(3)
     batch = TriggerCollator(attack, collate_image_batch)(rows)
+    torch.manual_seed(3)
+    default = TriggerCollator(attack)(rows)  # its own stacking of pixel_values and labels
+    assert set(default) == {"pixel_values", "labels"} and default["labels"].dtype == torch.long
+    assert torch.equal(default["labels"], batch["labels"]) and torch.equal(
+        default["pixel_values"], batch["pixel_values"]
+    )
     plain = collate_image_batch(rows)
     kinds = np.array(poisoned["trigger_kind"])
     assert set(batch) == {"pixel_values", "labels"} and (kinds == 1).sum() == 3 and (kinds == 2).sum() == 6
@@ -115,3 +122,36 @@ def test_grid_collator_warps_after_its_crop_and_flip():
     expected = normalize(_warp(pixels[:3] * 255, attack.grid(16, 16)))
     torch.testing.assert_close(augmented[:3], expected, atol=1e-4, rtol=0)
     torch.testing.assert_close(augmented[3:5], augmented_clean[3:5])
+
+
+def test_cross_noise_is_the_drawn_uniform_scaled_per_axis_and_stays_inside_the_image():
+    """A reference of the cross-row warp written out: the next torch.rand draw, x by 1/width, y by 1/height."""
+    attack = get_attack("wanet")
+    images = _images(3, 12, 20).double()  # sampled in float32, returned in the input dtype
+    kinds = torch.tensor([2, 0, 2])
+    torch.manual_seed(11)
+    out = attack.apply_during_training(images, kinds)
+    torch.manual_seed(11)
+    noise = (torch.rand(2, 12, 20, 2) * 2 - 1) / torch.tensor([20.0, 12.0])
+    grid = torch.clamp(attack.grid(12, 20).expand(2, -1, -1, -1) + noise, -1, 1)
+    expected = F.grid_sample(images[[0, 2]].float(), grid, mode="bilinear", align_corners=True).double()
+    assert out.dtype == torch.float64 and torch.equal(out[1], images[1])
+    torch.testing.assert_close(out[[0, 2]], expected)
+    flat = torch.full((2, 3, 12, 20), 100.0)  # clamped to the image, no sample reaches the zero padding
+    for seed in range(3):
+        torch.manual_seed(seed)
+        torch.testing.assert_close(attack.apply_during_training(flat, torch.tensor([2, 2])), flat)
+
+
+def test_trigger_collator_keeps_the_wrapped_collate_and_warps_kind_one_alone():
+    attack = get_attack("wanet", target_label=0)
+    images = _images(3)
+    rows = [{"pixel_values": images[i], "labels": i, "trigger_kind": kind} for i, kind in enumerate((0, 1, 0))]
+
+    def collate(batch):
+        return {**collate_image_batch(batch), "extra": len(batch)}
+
+    out = TriggerCollator(attack, collate)(rows)
+    assert out["extra"] == 3  # the wrapped collator ran, not the default
+    torch.testing.assert_close(out["pixel_values"][1], _warp(images[1:2], attack.grid(16, 24))[0])
+    assert torch.equal(out["pixel_values"][[0, 2]], images[[0, 2]])
