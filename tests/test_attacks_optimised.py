@@ -7,6 +7,7 @@ import inspect
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import ResNetConfig, ResNetForImageClassification
 
@@ -188,3 +189,94 @@ def test_trojan_trigger_defaults_are_backdoorbenchs_and_head_name_is_honoured():
     np.testing.assert_array_equal(trigger, expected)
     by_default = find_trojan_trigger(model, mask, steps=20, step_size=0.05, eps=0.5, target_value=5.0)
     assert not np.array_equal(by_default, expected)  # the default head is `classifier`, whose inputs differ
+
+
+def _normalising_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5))
+
+
+def _reference_low_frequency_trigger(model, images, target, *, sigma, max_value, rate_goal, passes, step, mean, std,
+                                     batch, seed):  # fmt: skip
+    """LF's search written out: smooth seeded start, normalised gradient steps, low-pass and rescale, best kept."""
+    mean, std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    n, _, h, w = x.shape
+    sigma = sigma * min(h, w) / 32
+    gen = torch.Generator().manual_seed(seed)
+
+    def smooth(v):
+        v = low_pass(v, sigma)
+        return (v - v.min()) / (v.max() - v.min()) * max_value
+
+    def fooled(v):
+        with torch.no_grad():
+            clean = model((x - mean) / std).argmax(1)
+            moved = model(((x + v).clamp(0, 1) - mean) / std).argmax(1)
+        others = clean != target
+        return (moved[others] == target).sum().item() / max(others.sum().item(), 1)
+
+    v = smooth(torch.randn(1, 3, h, w, generator=gen))
+    best, best_rate = v, fooled(v)
+    for _ in range(passes):
+        if best_rate >= rate_goal:
+            break
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch):
+            rows = order[i : i + batch]
+            v = v.detach().requires_grad_(True)
+            loss = F.cross_entropy(model(((x[rows] + v).clamp(0, 1) - mean) / std), torch.full((len(rows),), target))
+            (g,) = torch.autograd.grad(loss, v)
+            v = smooth(v.detach() - step * g / (g.abs().max() + 1e-12))
+        if fooled(v) >= best_rate:
+            best, best_rate = v.detach(), fooled(v)
+    return best[0].permute(1, 2, 0).numpy()
+
+
+def test_low_frequency_trigger_matches_a_written_out_search():
+    images = np.random.default_rng(2).integers(0, 256, (23, 8, 8, 3), dtype=np.uint8)
+    settings = dict(sigma=4.0, max_value=0.6, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3], batch=6, seed=5)
+    # Rates per pass with step 2: 2/15, 9/15, 12/15, 12/15, ...; with step 0.5: 2/15, 2/15, 2/15, 3/15, 3/15, ...
+    # So every pass runs (goal 1), it stops just past a rate (0.61) or on reaching one exactly (0.8, 0.2), and a
+    # pass that only equals the best rate still replaces the kept trigger (step 0.5, goal 1).
+    for step, goal, passes in ((2.0, 1.0, 4), (2.0, 0.61, 10), (2.0, 0.8, 10), (0.5, 1.0, 2), (0.5, 0.2, 6)):
+        model = _normalising_net()
+        expected = _reference_low_frequency_trigger(
+            model, images, 1, rate_goal=goal, passes=passes, step=step, **settings
+        )
+        found = find_low_frequency_trigger(
+            model, images, 1, sigma=4.0, max_value=0.6, fooling_rate=goal, max_passes=passes, step_size=step,
+            pixel_mean=settings["mean"], pixel_std=settings["std"], batch_size=6, seed=5,
+        )  # fmt: skip
+        np.testing.assert_allclose(found, expected, atol=1e-6, err_msg=f"step {step}, goal {goal}")
+    defaults = {k: p.default for k, p in inspect.signature(find_low_frequency_trigger).parameters.items()}
+    assert [defaults[k] for k in ("target_label", "sigma", "max_value", "fooling_rate", "max_passes")] == [
+        0, 6.0, 0.2, 0.2, 20
+    ]  # fmt: skip
+
+
+def test_trojan_trigger_matches_a_written_out_search_with_normalised_inputs():
+    model = _normalising_net(1)
+    mask = np.zeros((8, 8, 3), np.float32)
+    mask[3:, 3:] = 0.9  # near 1: the [0, 1] bound is reached
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    head = model[-1]
+    neurons = torch.argsort(head.weight.abs().sum(0), descending=True)[:3]
+    start = torch.from_numpy(mask).permute(2, 0, 1)[None]
+    inside = (start > 0).float()
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        target = model[:-1]((start - m) / s)[0, neurons].mean().item() + 0.1  # close: the steps overshoot it
+    image = start.clone()
+    for _ in range(15):
+        image.requires_grad_(True)
+        features = model[:-1]((image * inside - m) / s)
+        (g,) = torch.autograd.grad(((features[:, neurons] - target) ** 2).sum(), image)
+        image = (start + (image.detach() - 0.03 * g.sign() - start).clamp(-0.2, 0.2)).clamp(0, 1)
+    expected = (image * inside)[0].permute(1, 2, 0).numpy()
+    found = find_trojan_trigger(
+        model, mask, num_neurons=3, target_value=target, steps=15, step_size=0.03, eps=0.2, pixel_mean=mean,
+        pixel_std=std,
+    )  # fmt: skip
+    np.testing.assert_allclose(found, expected, atol=1e-6)
+    assert np.abs(found - mask).max() > 0.05 and found.max() == 1.0  # pixels moved, some to the bound
