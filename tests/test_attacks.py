@@ -1,12 +1,16 @@
 """Trigger pixels of each attack, and the registry / config contract."""
 
+import io
 import json
 import math
+import types
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from datasets import Image
+from PIL import Image as PILImage
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_fst.attacks import (
@@ -20,6 +24,7 @@ from hf_fst.attacks import (
     get_attack,
     list_attacks,
 )
+from hf_fst.attacks.batches import decode_colors
 from hf_fst.attacks.lc import checker_trigger
 from hf_fst.attacks.wanet import warp_grid
 
@@ -343,3 +348,31 @@ def test_wanet_warp_scales_each_axis_by_its_own_side():
     # Both are the mean size of the interpolated control noise, which is normalised to 1 (bicubic keeps it near 1);
     # a swap of the two scales would make them 4 and 1/4.
     assert 0.4 < dx < 2.0 and 0.4 < dy < 2.0
+
+
+def test_lc_pgd_runs_on_a_plain_module_and_a_config_without_channels():
+    """The channel check reads `model.config.num_channels` only where both exist."""
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 3, 10))
+    images, labels = _images(3, 8, 8), np.array([0, 1, 2])
+    adv = LCConfig(model=plain, steps=2, eps=4 / 255, step_size=2 / 255).prepare(images, labels)
+    assert np.abs(adv.astype(int) - images).max() == 4
+    plain.config = types.SimpleNamespace(name_or_path="org/plain")  # a config that says nothing about channels
+    np.testing.assert_array_equal(
+        LCConfig(model=plain, steps=2, eps=4 / 255, step_size=2 / 255).prepare(images, labels), adv
+    )
+
+
+def test_decode_colors_resizes_with_the_resampling_asked_for():
+    rng = np.random.default_rng(3)
+    picture = PILImage.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    value = {"bytes": buffer.getvalue(), "path": None}
+    for resample, method in (("nearest", PILImage.Resampling.NEAREST), ("bilinear", PILImage.Resampling.BILINEAR)):
+        (decoded,) = decode_colors([value], Image(), (6, 8), resample)
+        np.testing.assert_array_equal(decoded, np.asarray(picture.resize((8, 6), method)))
+    (default,) = decode_colors([value], Image(), (6, 8))
+    np.testing.assert_array_equal(default, np.asarray(picture.resize((8, 6), PILImage.Resampling.BILINEAR)))
+    (same,) = decode_colors([value], Image(), None, "nearest")
+    np.testing.assert_array_equal(same, np.asarray(picture))

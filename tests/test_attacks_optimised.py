@@ -13,7 +13,7 @@ from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_fst.attacks import LFConfig, TrojanNNConfig, get_attack, list_attacks
 from hf_fst.attacks.fitted import resize_trigger
-from hf_fst.attacks.lf import find_low_frequency_trigger, low_pass, trigger_energy_below
+from hf_fst.attacks.lf import _rescale, find_low_frequency_trigger, low_pass, trigger_energy_below
 from hf_fst.attacks.trojannn import find_trojan_trigger, most_connected_neurons, square_mask
 
 
@@ -280,3 +280,31 @@ def test_trojan_trigger_matches_a_written_out_search_with_normalised_inputs():
     )  # fmt: skip
     np.testing.assert_allclose(found, expected, atol=1e-6)
     assert np.abs(found - mask).max() > 0.05 and found.max() == 1.0  # pixels moved, some to the bound
+
+
+def test_low_pass_keeps_the_input_dtype_and_a_tiny_sigma_is_the_identity():
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    smooth = low_pass(noise, 1.0)
+    assert smooth.dtype == torch.float64 and smooth.shape == noise.shape
+    torch.testing.assert_close(low_pass(noise, 0.1), noise)  # round(0.5) = 0 taps: one tap, the input itself
+
+
+def test_rescale_maps_min_and_max_to_zero_and_max_value():
+    torch.testing.assert_close(_rescale(torch.tensor([-1.0, 0.0, 1.0]), 0.2), torch.tensor([0.0, 0.1, 0.2]))
+    assert torch.equal(_rescale(torch.full((2, 2), 3.0), 0.2), torch.zeros(2, 2))  # flat stays flat, no 0 / 0
+
+
+def test_trigger_energy_below_on_hand_made_spectra():
+    y, x = np.meshgrid(np.arange(32), np.arange(24), indexing="ij")
+    at_cutoff_y = np.cos(2 * np.pi * y / 8)[..., None]  # 1/8 cycle per pixel: a quarter of Nyquist, counted as low
+    assert trigger_energy_below(at_cutoff_y) == pytest.approx(1.0)
+    past_cutoff_x = np.cos(2 * np.pi * x * 7 / 24)[..., None]  # 7/24 > 1/8 cycle per pixel along the width
+    assert trigger_energy_below(past_cutoff_x) == pytest.approx(0.0, abs=1e-12)
+    at_cutoff_x = np.cos(2 * np.pi * x / 8)[..., None]  # 3 cycles in 24 pixels: exactly the cutoff on x
+    assert trigger_energy_below(at_cutoff_x) == pytest.approx(1.0)
+    mixed = at_cutoff_y + 2 * np.cos(2 * np.pi * y * 3 / 8)[..., None]  # amplitudes 1 and 2: energies 1 : 4
+    assert trigger_energy_below(mixed) == pytest.approx(0.2)
+    offsets = np.cos(np.pi * y)[..., None] + np.array([0.0, 5.0, 10.0])  # a constant per channel is not signal
+    assert trigger_energy_below(offsets) == pytest.approx(0.0, abs=1e-12)
+    assert trigger_energy_below(1e-4 * np.cos(np.pi * y)[..., None]) == pytest.approx(0.0, abs=1e-12)  # tiny, high
+    assert trigger_energy_below(np.full((8, 8, 3), 0.5)) == 1.0  # flat: no energy anywhere, nothing above the cutoff
