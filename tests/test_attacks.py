@@ -82,6 +82,14 @@ def test_json_round_trip(name):
     assert type(again) is type(config) and again == config and again.image_size == (40, 48)
 
 
+def test_describe_is_one_line_of_every_setting_but_the_name():
+    assert get_attack("badnet", target_label=3, patch_size=4).describe() == (
+        "badnet(target_label=3, label_mode=all-to-one, image_size=None, model_view=None, resample=bilinear, "
+        "patch_size=4, location=bottom-right, value=255)"
+    )
+    assert "model=" not in get_attack("lc", model=_tiny_resnet(), steps=2).describe()  # weights are not a setting
+
+
 def test_lc_json_records_the_model_but_not_its_weights():
     model = _tiny_resnet()
     model.config.name_or_path = "org/clean-resnet"
