@@ -384,3 +384,43 @@ def test_decode_colors_resizes_with_the_resampling_asked_for():
     np.testing.assert_array_equal(default, np.asarray(picture.resize((8, 6), PILImage.Resampling.BILINEAR)))
     (same,) = decode_colors([value], Image(), None, "nearest")
     np.testing.assert_array_equal(same, np.asarray(picture))
+
+
+def test_sig_parameter_bounds():
+    for ok in ({"delta": 0.5}, {"test_delta": 0.5}, {"frequency": 0.5}):
+        assert SIGConfig(**ok).signal(32, "test").shape == (32,)
+    for bad in ({"delta": 0}, {"delta": 0, "test_delta": 5}, {"test_delta": 0}):
+        with pytest.raises(ValueError, match=r"^delta=.*, test_delta=.*: expected positive amplitudes$"):
+            SIGConfig(**bad)
+    with pytest.raises(ValueError, match=r"^frequency=0: expected a positive number of periods$"):
+        SIGConfig(frequency=0)
+
+
+def test_lc_corners_and_checkerboard_on_non_square_images():
+    board = checker_trigger(3, 6)
+    assert board.dtype == np.uint8
+    np.testing.assert_array_equal(
+        board, np.array([[255, 255, 0, 0, 255, 255], [0, 0, 255, 255, 0, 0], [255, 255, 0, 0, 255, 255]])
+    )
+    out = LCConfig().apply(np.zeros((1, 32, 64, 1), np.uint8))  # corners of 3 x 6 pixels at 32 x 64
+    for rows, cols in ((slice(0, 3), slice(0, 6)), (slice(29, 32), slice(58, 64))):
+        np.testing.assert_array_equal(out[0, rows, cols, 0], board)
+    assert out[0, 3:29].max() == 0 and out[0, :, 6:58].max() == 0
+
+
+def test_adaptive_blend_tiles_are_boolean_and_row_major():
+    masks = AdaptiveBlendConfig().piece_masks(8, 12)  # 16 pieces: a 4 x 4 grid of 2 x 3 tiles
+    assert masks.dtype == bool and masks.shape == (16, 8, 12) and (masks.sum(0) == 1).all()
+    for piece, (r, c) in ((1, (0, 1)), (4, (1, 0)), (6, (1, 2))):
+        expected = np.zeros((8, 12), bool)
+        expected[2 * r : 2 * r + 2, 3 * c : 3 * c + 3] = True
+        np.testing.assert_array_equal(masks[piece], expected)
+
+
+def test_blended_on_grayscale_blends_a_one_channel_pattern():
+    attack = BlendedConfig(alpha=0.5)
+    images = np.full((2, 8, 8, 1), 100, np.uint8)
+    out = attack.apply(images)
+    assert out.shape == (2, 8, 8, 1)
+    expected = np.clip(np.rint(50 + 0.5 * attack.trigger(8, 8, 1)), 0, 255)
+    np.testing.assert_array_equal(out[0], expected.astype(np.uint8).reshape(8, 8, 1))
