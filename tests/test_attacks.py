@@ -424,3 +424,38 @@ def test_blended_on_grayscale_blends_a_one_channel_pattern():
     assert out.shape == (2, 8, 8, 1)
     expected = np.clip(np.rint(50 + 0.5 * attack.trigger(8, 8, 1)), 0, 255)
     np.testing.assert_array_equal(out[0], expected.astype(np.uint8).reshape(8, 8, 1))
+
+
+@pytest.mark.parametrize(
+    ("name", "field", "accepted", "refused", "message"),
+    [
+        ("blended", "alpha", (1.0, 0.01), (0.0, 1.01), r"^alpha=.*: expected a blend ratio in \(0, 1\]$"),
+        ("adaptive-blend", "alpha", (1.0, 0.01), (0.0, 1.01), r"^alpha=.*, test_alpha=.*: expected blend ratios"),
+        ("adaptive-blend", "test_alpha", (1.0, 0.01), (0.0, 1.01), r"^alpha=.*, test_alpha=.*: expected blend ratios"),
+        ("adaptive-blend", "pieces", (1, 4), (0, 2), r"^pieces=.*: expected a perfect square"),
+        ("adaptive-blend", "mask_rate", (0.0, 0.99), (-0.1, 1.0), r"^mask_rate=.*: expected a share in \[0, 1\)$"),
+        (
+            "adaptive-blend",
+            "cover_rate",
+            (0.0, 0.99, None),
+            (-0.1, 1.0),
+            r"^cover_rate=.*: expected a share in \[0, 1\)",
+        ),
+    ],
+)
+def test_blend_parameter_bounds(name, field, accepted, refused, message):
+    for value in accepted:
+        assert getattr(get_attack(name, **{field: value}), field) == value
+    for value in refused:
+        with pytest.raises(ValueError, match=message):
+            get_attack(name, **{field: value})
+
+
+def test_adaptive_blend_training_rows_need_one_seed_each_and_grayscale_gets_one_channel():
+    attack = AdaptiveBlendConfig()
+    images = np.full((2, 8, 8, 1), 100, np.uint8)
+    for seeds in (None, np.array([1], np.uint64)):
+        with pytest.raises(ValueError, match=r"^seeds=: Adaptive-Blend training rows need one seed per image$"):
+            attack.apply(images, "poison", seeds)
+    assert attack.apply(images, "poison", np.array([1, 2], np.uint64)).shape == (2, 8, 8, 1)
+    assert attack.apply(images, "test").shape == (2, 8, 8, 1)
