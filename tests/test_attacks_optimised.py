@@ -144,6 +144,7 @@ def test_resize_trigger_resamples_and_matches_channels():
 
 def test_optimised_triggers_exact_values_and_parameter_bounds(tmp_path):
     square = get_attack("trojannn").trigger(32, 32, 3)
+    np.testing.assert_array_equal(square_mask(32, 32), square / 255)  # the default mask: 10 x 10, 3 channels
     assert set(np.unique(square)) == {0.0, 255.0} and (square == 255.0).sum() == 10 * 10 * 3
     np.save(tmp_path / "lf.npy", np.full((8, 8, 3), 0.1, np.float32))
     np.testing.assert_allclose(get_attack("lf", pattern=str(tmp_path / "lf.npy")).trigger(32, 32, 3), 25.5, rtol=1e-6)
