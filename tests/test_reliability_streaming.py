@@ -210,3 +210,37 @@ def test_poison_dataset_accepts_a_stream(parquet_dir):
     assert isinstance(poisoned, IterableDataset)
     direct = poison_iterable_dataset(stream, get_attack("badnet"), 0.2, seed=4)
     assert [r["is_poisoned"] for r in poisoned] == [r["is_poisoned"] for r in direct]
+
+
+def test_count_poisoned_matches_the_stream_across_batches():
+    """`count_poisoned` counts what the stream flags: over several 1,000-row batches, for a clean-label attack
+    (only target-class rows) and a dirty-label one, with its default seed, reading the named label column of a
+    stream whose columns cannot be told apart by type."""
+    from datasets import ClassLabel, Features, Image
+
+    rng = np.random.default_rng(0)
+    count = 2300
+    fine = rng.integers(0, 3, count)
+    pictures = rng.integers(0, 256, (count, 4, 4, 3), dtype=np.uint8)
+    features = Features(
+        {"front": Image(), "back": Image(), "coarse": ClassLabel(num_classes=3), "fine": ClassLabel(num_classes=3)}
+    )
+    table = {"front": list(pictures), "back": list(pictures), "coarse": list((fine + 1) % 3), "fine": list(fine)}
+    stream = Dataset.from_dict(table, features=features).to_iterable_dataset()
+    columns = {"image_column": "front", "label_column": "fine"}
+    for attack, rate in ((get_attack("sig", target_label=2), 0.5), (get_attack("badnet", target_label=2), 0.1)):
+        flags = [r["is_poisoned"] for r in poison_iterable_dataset(stream, attack, rate, **columns)]
+        counted = attacks_count(stream, attack, rate, **columns)
+        assert counted == sum(flags) and 0 < counted < count
+        assert attacks_count(stream, attack, rate, 0, "front", "fine") == counted  # the columns' order
+        assert attacks_count(stream, attack, rate, seed=1, **columns) != counted
+    only_target = attacks_count(stream, get_attack("sig", target_label=2), 1.0, **columns)
+    assert only_target == int((fine == 2).sum())
+    with pytest.raises(ValueError, match=r"^image_column=: several possible image columns"):
+        attacks_count(stream, "badnet", 0.1, label_column="fine")
+
+
+def attacks_count(*args, **kwargs) -> int:
+    from hf_fst.attacks.streaming import count_poisoned
+
+    return count_poisoned(*args, **kwargs)

@@ -197,8 +197,8 @@ def count_poisoned(
     attack: AttackConfig | str,
     poison_rate: float,
     seed: int = 0,
-    label_column: str | None = None,
     image_column: str | None = None,
+    label_column: str | None = None,
 ) -> int:
     """How many rows `poison_iterable_dataset` with the same arguments marks `is_poisoned`, from the labels alone.
 

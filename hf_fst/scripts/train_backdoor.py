@@ -242,7 +242,9 @@ def main(argv: list[str] | None = None) -> dict:
         )
         backdoor_test = backdoor_test_set(test_split, attack, image_col, label_col)
     if data_args.streaming:  # per-row policy (see hf_fst.attacks.streaming); counted from the labels alone
-        num_poisoned = count_poisoned(train_split, attack, attack_args.poison_rate, training_args.seed, label_col)
+        num_poisoned = count_poisoned(
+            train_split, attack, attack_args.poison_rate, training_args.seed, image_col, label_col
+        )
         logger.info("poisoned %d streamed training rows with %s", num_poisoned, attack.name)
     else:
         num_poisoned = int(sum(poisoned["is_poisoned"]))
