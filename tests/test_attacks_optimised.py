@@ -165,14 +165,26 @@ def test_optimised_triggers_exact_values_and_parameter_bounds(tmp_path):
 
 
 def test_trojan_trigger_defaults_are_backdoorbenchs_and_head_name_is_honoured():
-    defaults = {k: p.default for k, p in inspect.signature(find_trojan_trigger).parameters.items()}
-    assert {k: defaults[k] for k in ("num_neurons", "target_value", "steps", "step_size", "eps")} == {
-        "num_neurons": 2,
-        "target_value": 100.0,
-        "steps": 1000,
-        "step_size": 0.1,
-        "eps": 0.3,
-    }
+    """Called without them, the search uses BackdoorBench's settings: the same trigger as when they are given, and
+    a different one when any of them is changed (a head whose inputs can reach the target, so each one matters)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 6), nn.Linear(6, 4))
+    with torch.no_grad():
+        net[1].weight.mul_(100.0)
+        net[1].bias.add_(90.0)
+    square = np.zeros((8, 8, 3), np.float32)
+    square[4:, 4:] = 0.5
+    settings = {"num_neurons": 2, "target_value": 100.0, "steps": 1000, "step_size": 0.1, "eps": 0.3}
+    implicit = find_trojan_trigger(net, square, head_name="2")
+    np.testing.assert_array_equal(implicit, find_trojan_trigger(net, square, head_name="2", **settings))
+    for name, other in {"num_neurons": 3, "target_value": 101.0, "steps": 1001, "step_size": 1.1, "eps": 1.3}.items():
+        assert not np.array_equal(
+            find_trojan_trigger(net, square, head_name="2", **{**settings, name: other}), implicit
+        )
+    with torch.no_grad():  # every feature far above the target: each pixel runs to a bound, 0 or 0.1 + eps
+        net[1].bias.add_(210.0)
+    faint = find_trojan_trigger(net, square / 5, head_name="2", steps=5)
+    assert sorted(np.unique(faint[4:, 4:]).round(6)) == [0.0, 0.4] and faint[:4].max() == faint[:, :4].max() == 0
     torch.manual_seed(0)
     model = nn.Sequential()
     model.add_module("flat", nn.Flatten())
