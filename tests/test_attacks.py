@@ -298,14 +298,14 @@ def test_lc_pgd_matches_a_hand_written_loop_with_normalisation_and_batches():
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     config = LCConfig(model=model, steps=3, eps=6 / 255, step_size=2.5 / 255, pgd_batch_size=4,
                       pixel_mean=mean, pixel_std=std)  # fmt: skip
-    images = _images(7)
+    images = _images(10)  # more than two batches: every batch start is reached
     images[0, :4, :4] = 0  # pixels at the bounds: the [0, 1] clamp matters
     images[1, :4, :4] = 255
-    labels = np.array([0, 1, 2, 0, 1, 2, 0])
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     expected = []
-    for start in (0, 4):  # batches of 4: the last one has 3 images
+    for start in (0, 4, 8):  # batches of 4: the last one has 2 images
         x0 = torch.from_numpy(images[start : start + 4].astype(np.float32)).permute(0, 3, 1, 2) / 255
         y = torch.from_numpy(labels[start : start + 4])
         delta = torch.zeros_like(x0)
