@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import pytest
 import torch
@@ -262,10 +260,54 @@ def test_low_frequency_trigger_matches_a_written_out_search():
             pixel_mean=settings["mean"], pixel_std=settings["std"], batch_size=6, seed=5,
         )  # fmt: skip
         np.testing.assert_allclose(found, expected, atol=1e-6, err_msg=f"step {step}, goal {goal}")
-    defaults = {k: p.default for k, p in inspect.signature(find_low_frequency_trigger).parameters.items()}
-    assert [defaults[k] for k in ("target_label", "sigma", "max_value", "fooling_rate", "max_passes")] == [
-        0, 6.0, 0.2, 0.2, 20
-    ]  # fmt: skip
+        assert found.dtype == np.float32
+
+
+class _Brightness(nn.Module):
+    """Class 0 once an image's mean brightness passes 0.5, class 1 below: which images a trigger fools is known."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean((1, 2, 3))
+        return torch.stack([20 * (mean - 0.5), torch.zeros_like(mean)], 1)
+
+
+def test_low_frequency_search_counts_each_image_once_in_its_rate():
+    """The stopping rate is hits over the images not already of the target class, each counted once, across
+    batches. 100 black images are never fooled and 50 grey ones (0.478) are pushed over by any trigger: 1/3."""
+    images = np.zeros((150, 8, 8, 3), np.uint8)
+    images[100:] = 122
+    start = find_low_frequency_trigger(_Brightness(), images, max_passes=0)
+    np.testing.assert_array_equal(find_low_frequency_trigger(_Brightness(), images, fooling_rate=0.33), start)
+    assert not np.array_equal(find_low_frequency_trigger(_Brightness(), images, fooling_rate=0.34), start)
+    # One grey image and one already of the target class (bright): the rate is 1 of 1, so a goal of 0.6 is met.
+    pair = np.stack([np.full((8, 8, 3), 122, np.uint8), np.full((8, 8, 3), 200, np.uint8)])
+    np.testing.assert_array_equal(
+        find_low_frequency_trigger(_Brightness(), pair, fooling_rate=0.6),
+        find_low_frequency_trigger(_Brightness(), pair, max_passes=0),
+    )
+
+
+def test_low_frequency_trigger_defaults_are_the_papers():
+    """Called without them, the search uses the documented settings: the same trigger as with them given, and a
+    different one when any is changed. One net reaches the 0.2 goal after a few passes (so the goal matters);
+    another never reaches 1.0 and improves in its 21st pass (so the pass limit matters)."""
+    settings = {"target_label": 0, "sigma": 6.0, "max_value": 0.2, "fooling_rate": 0.2, "step_size": 0.05,
+                "batch_size": 100, "seed": 0}  # fmt: skip
+    changed = {"target_label": 1, "sigma": 7.0, "max_value": 0.3, "fooling_rate": 1.2, "step_size": 1.05,
+               "batch_size": 101, "seed": 1}  # fmt: skip
+    model, images = _normalising_net(1), np.random.default_rng(1).integers(0, 256, (150, 8, 8, 3), dtype=np.uint8)
+    implicit = find_low_frequency_trigger(model, images)
+    np.testing.assert_array_equal(implicit, find_low_frequency_trigger(model, images, **settings))
+    for name, other in changed.items():
+        assert not np.array_equal(find_low_frequency_trigger(model, images, **{**settings, name: other}), implicit)
+    model, images = _normalising_net(0), np.random.default_rng(2).integers(0, 256, (150, 8, 8, 3), dtype=np.uint8)
+    twenty = find_low_frequency_trigger(model, images, fooling_rate=1.0)
+    np.testing.assert_array_equal(twenty, find_low_frequency_trigger(model, images, fooling_rate=1.0, max_passes=20))
+    assert not np.array_equal(find_low_frequency_trigger(model, images, fooling_rate=1.0, max_passes=21), twenty)
+    one = find_low_frequency_trigger(model, images[:1], max_passes=1)  # a single image is enough
+    assert one.shape == (8, 8, 3) and one.min() == 0.0 and one.max() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match=r"^images=: expected uint8 \(n, height, width, channels\) with n >= 1"):
+        find_low_frequency_trigger(model, images[:0])
 
 
 def test_trojan_trigger_matches_a_written_out_search_with_normalised_inputs():
