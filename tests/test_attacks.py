@@ -205,6 +205,7 @@ def test_sig_formula():
     assert (out == out[:1, :1, :, :1]).all()  # constant along rows, channels and images
     assert SIGConfig().apply(np.zeros((1, 8, 32, 1), dtype=np.uint8)).min() == 0  # clipped, not wrapped
     assert np.abs(SIGConfig(test_delta=60).signal(32, "test")).max() > 59
+    assert SIGConfig().signal(32).dtype == np.float32  # documented; a float64 row would upcast every batch
 
 
 def test_wanet_grid_properties():
