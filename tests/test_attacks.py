@@ -236,6 +236,37 @@ def test_wanet_cross_rows_use_per_image_noise():
     assert config.num_cover(100, 0.1, 1000) == 200 and WaNetConfig(noise_mode=False).num_cover(100, 0.1, 1000) == 0
 
 
+def _bilinear(image: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Sample `image` (h, w, c) at `grid` (h, w, 2) of (x, y) in [-1, 1], corners aligned, by hand."""
+    height, width = image.shape[:2]
+    x, y = (grid[..., 0] + 1) / 2 * (width - 1), (grid[..., 1] + 1) / 2 * (height - 1)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def test_wanet_cross_rows_match_a_written_out_warp_on_non_square_images():
+    """Cross rows: the fixed grid plus noise uniform in [-1, 1] pixels from each row's seed ((h, w, 2), x then y,
+    scaled by the width and the height), clamped to the image, then sampled bilinearly."""
+    config = WaNetConfig(s=2.0)
+    images = np.random.default_rng(3).integers(0, 256, (2, 6, 10, 3), dtype=np.uint8)
+    seeds = np.array([7, 8], dtype=np.uint64)
+    fixed = config.grid(6, 10)[0].numpy().astype(np.float64)
+    for row, seed in enumerate(seeds):
+        noise = np.random.default_rng(int(seed)).uniform(-1, 1, size=(6, 10, 2)) / np.array([10, 6])
+        grid = np.clip(fixed + noise, -1, 1)
+        assert (np.abs(fixed + noise) > 1).any()  # the clamp is reached
+        expected = np.clip(np.rint(_bilinear(images[row].astype(np.float64), grid)), 0, 255)
+        got = config.apply(images, "cover", seeds)[row]
+        assert np.abs(got.astype(int) - expected).max() <= 1 and (got != expected).mean() < 0.02
+    for bad in (None, seeds[:1]):
+        with pytest.raises(ValueError, match=r"^seeds=: WaNet cross rows need one seed per image"):
+            config.apply(images, "cover", bad)
+
+
 def test_adaptive_blend_masks_and_cover():
     config = AdaptiveBlendConfig()
     tiles = config.piece_masks(32, 32)
