@@ -39,7 +39,7 @@ def rows_of(stream, limit: int | None = None) -> list[dict]:
 
 
 def test_row_draws_are_fixed_numbers():
-    """The per-row policy is a pure function of (seed, row): pinned values guard against silent changes."""
+    """The per-row draws are a pure function of (seed, row); the exact values are pinned by the next test."""
     first = row_draws(0, np.arange(3), 1)
     assert first.dtype == np.uint64 and len(set(first.tolist())) == 3
     assert np.array_equal(row_draws(0, np.arange(3), 1), first)
@@ -244,3 +244,60 @@ def attacks_count(*args, **kwargs) -> int:
     from hf_fst.attacks.streaming import count_poisoned
 
     return count_poisoned(*args, **kwargs)
+
+
+_M64 = (1 << 64) - 1
+
+
+def _splitmix(x: int) -> int:
+    """SplitMix64's output function on a Python int, written out from the published algorithm."""
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _draw(seed: int, row: int, stream: int) -> int:
+    key = _splitmix(_splitmix(seed & _M64) ^ ((stream * 0xD1B54A32D192ED03) & _M64))
+    return _splitmix((key + row * 0x9E3779B97F4A7C15) & _M64)
+
+
+def test_row_draws_match_splitmix64_written_out():
+    """The per-row hash is SplitMix64 (its first output from state 0 is the published 0xE220A8397B1DCDAF) keyed
+    by seed and stream; rows far apart and seeds past 2**32 included."""
+    assert _splitmix(0) == 0xE220A8397B1DCDAF
+    rows = np.array([0, 1, 2, 999, 123_456_789, 2**40 + 3], dtype=np.int64)
+    for seed, stream in ((0, 1), (0, 2), (5, 1), (2**33 + 7, 3), (-1, 1)):
+        expected = [_draw(seed, int(row), stream) for row in rows]
+        assert row_draws(seed, rows, stream).tolist() == expected
+
+
+def test_stream_rows_follow_the_written_out_policy_with_cover_rows():
+    """Which rows are poisoned and which are cover rows, decided from the hash by hand: poisoned when the row's
+    first draw is below the rate, cover (Adaptive-Blend, cover_rate 0.3 of the set, so 0.3 / 0.9 of the rows left)
+    when not poisoned and the second draw is below that; a plain integer label column, named columns, default
+    seed 0."""
+    from datasets import Features, Image, Value
+
+    rng = np.random.default_rng(1)
+    count, rate = 300, 0.1
+    labels = rng.integers(0, 4, count)
+    pictures = rng.integers(0, 256, (count, 8, 8, 3), dtype=np.uint8)
+    features = Features({"front": Image(), "back": Image(), "y": Value("int64")})
+    stream = Dataset.from_dict(
+        {"front": list(pictures), "back": list(pictures), "y": labels.tolist()}, features=features
+    ).to_iterable_dataset()
+    attack = get_attack("adaptive-blend", target_label=2, cover_rate=0.3)
+    out = rows_of(poison_iterable_dataset(stream, attack, rate, image_column="front", label_column="y"))
+
+    def uniform(row: int, which: int) -> float:
+        return (_draw(0, row, which) >> 11) / 2**53
+
+    poisoned = [uniform(i, 1) < rate for i in range(count)]
+    cover = [not poisoned[i] and uniform(i, 2) < 0.3 / 0.9 for i in range(count)]
+    assert 10 < sum(poisoned) < 60 and 60 < sum(cover) < 150
+    for i, row in enumerate(out):
+        changed = not np.array_equal(np.asarray(row["front"]), pictures[i])
+        assert row["is_poisoned"] == poisoned[i] and changed == (poisoned[i] or cover[i]), i
+        assert row["y"] == (2 if poisoned[i] else labels[i]) and row["original_label"] == labels[i]
+        np.testing.assert_array_equal(np.asarray(row["back"]), pictures[i])
