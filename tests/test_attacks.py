@@ -491,3 +491,21 @@ def test_adaptive_blend_training_rows_need_one_seed_each_and_grayscale_gets_one_
             attack.apply(images, "poison", seeds)
     assert attack.apply(images, "poison", np.array([1, 2], np.uint64)).shape == (2, 8, 8, 1)
     assert attack.apply(images, "test").shape == (2, 8, 8, 1)
+
+
+def test_lc_parameter_bounds_and_normalised_fields():
+    """Each bound at its edge, by message; pixel statistics become float lists; the model's name is recorded."""
+    for ok in ({"eps": 0.0}, {"eps": 1.0}, {"step_size": 1e-9}, {"steps": 0}, {"trigger_size": 1}):
+        LCConfig(**ok)
+    message = r"^eps=.*, step_size=.*, steps=.*: expected eps in \[0, 1\]"
+    for bad in ({"eps": -0.01}, {"eps": 1.01}, {"step_size": 0.0}, {"step_size": -1.0}, {"steps": -1}):
+        with pytest.raises(ValueError, match=message):
+            LCConfig(**bad)
+    with pytest.raises(ValueError, match=r"^trigger_size=0: expected a positive int"):
+        LCConfig(trigger_size=0)
+    config = LCConfig(pixel_mean=np.array([0.1, 0.2, 0.3]), pixel_std=0.5)
+    assert config.pixel_mean == [0.1, 0.2, 0.3] and type(config.pixel_mean) is list and config.pixel_std == [0.5]
+    plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    assert LCConfig(model=plain).model_name_or_path == "Sequential"
+    assert LCConfig(model=plain, model_name_or_path="mine").model_name_or_path == "mine"
+    assert LCConfig().model_name_or_path is None
