@@ -10,7 +10,7 @@ from torch import nn
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_fst.attacks import LFConfig, TrojanNNConfig, get_attack, list_attacks
-from hf_fst.attacks.fitted import resize_trigger
+from hf_fst.attacks.fitted import model_inputs, resize_trigger
 from hf_fst.attacks.lf import _rescale, find_low_frequency_trigger, low_pass, trigger_energy_below
 from hf_fst.attacks.trojannn import find_trojan_trigger, most_connected_neurons, square_mask
 
@@ -363,3 +363,12 @@ def test_trigger_energy_below_on_hand_made_spectra():
     assert trigger_energy_below(offsets) == pytest.approx(0.0, abs=1e-12)
     assert trigger_energy_below(1e-4 * np.cos(np.pi * y)[..., None]) == pytest.approx(0.0, abs=1e-12)  # tiny, high
     assert trigger_energy_below(np.full((8, 8, 3), 0.5)) == 1.0  # flat: no energy anywhere, nothing above the cutoff
+
+
+def test_model_inputs_default_to_the_identity_map_per_channel():
+    """Without statistics the [0, 1] pixels go to the model unchanged; given ones broadcast per channel."""
+    device, mean, std = model_inputs(nn.Linear(2, 2), 4, None, None)
+    assert device == torch.device("cpu") and mean.shape == std.shape == (1, 4, 1, 1)
+    assert mean.flatten().tolist() == [0.0] * 4 and std.flatten().tolist() == [1.0] * 4
+    _, mean, std = model_inputs(nn.Linear(2, 2), 2, [0.25, 0.5], [2.0, 4.0])
+    assert mean.shape == std.shape == (1, 2, 1, 1) and std.flatten().tolist() == [2.0, 4.0]
