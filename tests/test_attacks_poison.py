@@ -318,3 +318,25 @@ def test_cifar10_slice_keeps_jpeg_bytes_of_clean_rows(tmp_path):
             assert (np.asarray(out[i]["img"])[29:, 29:] == 255).all()
         else:
             assert encoded == source[i]["img"]["bytes"]
+
+
+def test_backdoor_test_set_reads_the_named_columns_of_a_plain_integer_label():
+    """Named image and label columns (a second image column and a ClassLabel decoy beside them); with plain
+    integer labels the class count is the largest label + 1, for all-to-all relabelling and the target check."""
+    rng = np.random.default_rng(0)
+    pictures = rng.integers(0, 200, (9, 8, 8, 3), dtype=np.uint8)
+    labels = [0, 1, 2, 0, 1, 2, 1, 1, 0]
+    features = Features({"front": Image(), "back": Image(), "y": Value("int64"), "coarse": ClassLabel(num_classes=10)})
+    table = {"front": list(pictures), "back": list(pictures), "y": labels, "coarse": [9] * 9}
+    dataset = Dataset.from_dict(table, features=features)
+    columns = {"image_column": "front", "label_column": "y"}
+    one = backdoor_test_set(dataset, get_attack("badnet", target_label=1), **columns)
+    assert one["original_label"] == [0, 2, 0, 2, 0] and one["y"] == [1] * 5 and one["coarse"] == [9] * 5
+    for row, source in zip(one, pictures[[0, 2, 3, 5, 8]], strict=True):
+        front = np.asarray(row["front"])
+        assert (front[-1, -1] == 255).all() and not np.array_equal(front, source)  # the patch, scaled to 8x8
+        np.testing.assert_array_equal(np.asarray(row["back"]), source)
+    every = backdoor_test_set(dataset, get_attack("badnet", label_mode="all-to-all"), **columns)
+    assert every["y"] == [(label + 1) % 3 for label in labels]
+    with pytest.raises(ValueError, match=r"^target_label=3 is outside the label set of column 'y' \(classes 0\.\.2\)"):
+        backdoor_test_set(dataset, get_attack("badnet", target_label=3), **columns)
