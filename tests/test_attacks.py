@@ -509,3 +509,15 @@ def test_lc_parameter_bounds_and_normalised_fields():
     assert LCConfig(model=plain).model_name_or_path == "Sequential"
     assert LCConfig(model=plain, model_name_or_path="mine").model_name_or_path == "mine"
     assert LCConfig().model_name_or_path is None
+
+
+def test_wanet_parameter_bounds_at_their_edges():
+    for ok in ({"k": 2}, {"s": 0.0}, {"grid_rescale": 1e-6}, {"cross_ratio": 0.0}):
+        WaNetConfig(**ok)
+    with pytest.raises(ValueError, match=r"^k=1: expected a control grid side of at least 2"):
+        WaNetConfig(k=1)
+    for bad in ({"s": -0.1}, {"grid_rescale": 0.0}, {"s": -1.0, "grid_rescale": -1.0}):
+        with pytest.raises(ValueError, match=r"^s=.*, grid_rescale=.*: expected s >= 0 and grid_rescale > 0"):
+            WaNetConfig(**bad)
+    with pytest.raises(ValueError, match=r"^cross_ratio=-0\.1: expected a non-negative ratio"):
+        WaNetConfig(cross_ratio=-0.1)
