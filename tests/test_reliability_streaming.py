@@ -301,3 +301,25 @@ def test_stream_rows_follow_the_written_out_policy_with_cover_rows():
         assert row["is_poisoned"] == poisoned[i] and changed == (poisoned[i] or cover[i]), i
         assert row["y"] == (2 if poisoned[i] else labels[i]) and row["original_label"] == labels[i]
         np.testing.assert_array_equal(np.asarray(row["back"]), pictures[i])
+
+
+def test_training_time_stream_marks_rows_for_the_collator():
+    """WaNet warped during training: the stream leaves every image as it is and marks each row's kind in an int8
+    `trigger_kind` column (1 poisoned, 2 cross row at 2 per poisoned row: 0.4 / 0.8 of the rest, 0 clean)."""
+    from datasets import ClassLabel, Features, Image, Value
+
+    rng = np.random.default_rng(0)
+    pictures = rng.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8)
+    features = Features({"image": Image(), "label": ClassLabel(num_classes=3)})
+    table = {"image": list(pictures), "label": rng.integers(0, 3, 60).tolist()}
+    stream = Dataset.from_dict(table, features=features).to_iterable_dataset()
+    out = poison_iterable_dataset(stream, get_attack("wanet", training_time=True), 0.2, seed=3)
+    assert out.features["trigger_kind"] == Value("int8")
+    kinds = []
+    for i, row in enumerate(out):
+        np.testing.assert_array_equal(np.asarray(row["image"]), pictures[i])
+        kinds.append(row["trigger_kind"])
+    poisoned = [(_draw(3, i, 1) >> 11) / 2**53 < 0.2 for i in range(60)]
+    cross = [not poisoned[i] and (_draw(3, i, 2) >> 11) / 2**53 < 0.5 for i in range(60)]
+    assert kinds == [1 if p else 2 if c else 0 for p, c in zip(poisoned, cross, strict=True)]
+    assert 0 < kinds.count(1) < kinds.count(2) < 60
