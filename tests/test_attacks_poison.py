@@ -327,8 +327,9 @@ def test_backdoor_test_set_reads_the_named_columns_of_a_plain_integer_label():
     pictures = rng.integers(0, 200, (9, 8, 8, 3), dtype=np.uint8)
     labels = [0, 1, 2, 0, 1, 2, 1, 1, 0]
     features = Features({"front": Image(), "back": Image(), "y": Value("int64"), "coarse": ClassLabel(num_classes=10)})
-    table = {"front": list(pictures), "back": list(pictures), "y": labels, "coarse": [9] * 9}
-    dataset = Dataset.from_dict(table, features=features)
+    features["wide"], features["score"] = ClassLabel(num_classes=10), Value("float32")
+    table = {"front": list(pictures), "back": list(pictures), "y": labels, "coarse": [9] * 9, "wide": labels}
+    dataset = Dataset.from_dict({**table, "score": [0.5] * 9}, features=features)
     columns = {"image_column": "front", "label_column": "y"}
     one = backdoor_test_set(dataset, get_attack("badnet", target_label=1), **columns)
     assert one["original_label"] == [0, 2, 0, 2, 0] and one["y"] == [1] * 5 and one["coarse"] == [9] * 5
@@ -340,3 +341,29 @@ def test_backdoor_test_set_reads_the_named_columns_of_a_plain_integer_label():
     assert every["y"] == [(label + 1) % 3 for label in labels]
     with pytest.raises(ValueError, match=r"^target_label=3 is outside the label set of column 'y' \(classes 0\.\.2\)"):
         backdoor_test_set(dataset, get_attack("badnet", target_label=3), **columns)
+    wide = backdoor_test_set(dataset, get_attack("badnet", label_mode="all-to-all"), "front", "wide", num_proc=1)
+    assert wide["wide"] == [label + 1 for label in labels]  # a ClassLabel's own class count (10), not the largest
+    with pytest.raises(ValueError, match=r"^label_column='score' holds Value\('float32'\); expected integer"):
+        backdoor_test_set(dataset, "badnet", "front", "score")
+    for bad in (True, 0, 1.5):
+        with pytest.raises(ValueError, match=r"^num_proc=.*: expected None or a positive int"):
+            backdoor_test_set(dataset, "badnet", num_proc=bad, **columns)
+
+
+def test_plan_poisoning_class_count_cover_rows_and_dtypes():
+    """The class count comes from the labels unless given; cover rows may take every row left; dtypes as documented."""
+    labels = np.array([0, 1, 2] * 4)
+    every = get_attack("badnet", label_mode="all-to-all")
+    given = plan_poisoning(labels, every, 0.5, seed=2, num_classes=10)
+    inferred = plan_poisoning(labels, every, 0.5, seed=2)
+    assert 2 in labels[given.indices]  # a class-2 row is poisoned: 3 of 10 classes, 0 of 3
+    np.testing.assert_array_equal(given.labels, labels[given.indices] + 1)
+    np.testing.assert_array_equal(inferred.labels, (labels[inferred.indices] + 1) % 3)
+    with pytest.raises(
+        ValueError, match=r"^target_label=5 is outside the label set of column 'labels' \(classes 0\.\.2\)"
+    ):
+        plan_poisoning(labels, get_attack("badnet", target_label=5), 0.1)
+    full = plan_poisoning(np.arange(10) % 3, get_attack("adaptive-blend", cover_rate=0.9), 0.1)
+    assert full.indices.tolist() == list(range(10)) and sorted(full.kinds.tolist()) == [1] + [2] * 9
+    assert (full.indices.dtype, full.kinds.dtype, full.seeds.dtype) == (np.int64, np.int8, np.uint64)
+    assert (plan_poisoning(np.arange(10) % 3, get_attack("adaptive-blend", cover_rate=0.3), 0.1).kinds == 2).sum() == 3
