@@ -203,7 +203,8 @@ def test_sig_formula():
     expected = np.rint(100 + 40 * np.sin(2 * np.pi * j * 6 / 40))
     np.testing.assert_array_equal(out[0, 5, :, 1], expected)
     assert (out == out[:1, :1, :, :1]).all()  # constant along rows, channels and images
-    assert SIGConfig().apply(np.zeros((1, 8, 32, 1), dtype=np.uint8)).min() == 0  # clipped, not wrapped
+    dark = SIGConfig().apply(np.zeros((1, 8, 32, 1), dtype=np.uint8))
+    assert dark.min() == 0 and dark.max() == 40  # the negative half clipped to 0, not wrapped to 216-255
     assert np.abs(SIGConfig(test_delta=60).signal(32, "test")).max() > 59
     assert SIGConfig().signal(32).dtype == np.float32  # documented; a float64 row would upcast every batch
 

@@ -335,7 +335,7 @@ def test_backdoor_test_set_reads_the_named_columns_of_a_plain_integer_label():
     assert one["original_label"] == [0, 2, 0, 2, 0] and one["y"] == [1] * 5 and one["coarse"] == [9] * 5
     for row, source in zip(one, pictures[[0, 2, 3, 5, 8]], strict=True):
         front = np.asarray(row["front"])
-        assert (front[-1, -1] == 255).all() and not np.array_equal(front, source)  # the patch, scaled to 8x8
+        assert (front[-1, -1] == 255).all() and (front != source).any(-1).sum() == 1  # the patch, 1x1 at 8x8
         np.testing.assert_array_equal(np.asarray(row["back"]), source)
     every = backdoor_test_set(dataset, get_attack("badnet", label_mode="all-to-all"), **columns)
     assert every["y"] == [(label + 1) % 3 for label in labels]
@@ -367,3 +367,23 @@ def test_plan_poisoning_class_count_cover_rows_and_dtypes():
     assert full.indices.tolist() == list(range(10)) and sorted(full.kinds.tolist()) == [1] + [2] * 9
     assert (full.indices.dtype, full.kinds.dtype, full.seeds.dtype) == (np.int64, np.int8, np.uint64)
     assert (plan_poisoning(np.arange(10) % 3, get_attack("adaptive-blend", cover_rate=0.3), 0.1).kinds == 2).sum() == 3
+
+
+def test_poison_dataset_keeps_the_format_and_passes_named_columns_to_a_stream():
+    """A formatted set comes back in the same format (type, columns, output_all_columns, kwargs); a stream is
+    poisoned with the named columns and the same default seed as its map-style counterpart's policy."""
+    rng = np.random.default_rng(0)
+    pictures = rng.integers(0, 200, (20, 8, 8, 3), dtype=np.uint8)
+    features = Features(
+        {"front": Image(), "back": Image(), "y": ClassLabel(num_classes=3), "z": ClassLabel(num_classes=3)}
+    )
+    table = {"front": list(pictures), "back": list(pictures), "y": (np.arange(20) % 3).tolist(), "z": [0] * 20}
+    dataset = Dataset.from_dict(table, features=features)
+    dataset.set_format("numpy", columns=["y"], output_all_columns=True, dtype=np.int32)
+    out = poison_dataset(dataset, "badnet", 0.2, image_column="front", label_column="y")
+    assert out.format["type"] == "numpy" and out.format["columns"] == ["y"] and out.format["output_all_columns"]
+    assert out.format["format_kwargs"] == {"dtype": np.int32} and out[:4]["y"].dtype == np.int32
+    stream = dataset.with_format(None).to_iterable_dataset()
+    flags = [r["is_poisoned"] for r in poison_dataset(stream, "badnet", 0.5, image_column="front", label_column="y")]
+    again = poison_dataset(stream, "badnet", 0.5, seed=0, image_column="front", label_column="y")
+    assert flags == [r["is_poisoned"] for r in again] and 0 < sum(flags) < 20
