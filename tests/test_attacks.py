@@ -24,7 +24,7 @@ from hf_fst.attacks import (
     get_attack,
     list_attacks,
 )
-from hf_fst.attacks.batches import decode_colors
+from hf_fst.attacks.batches import _decode, decode_colors
 from hf_fst.attacks.lc import checker_trigger
 from hf_fst.attacks.wanet import warp_grid
 
@@ -522,3 +522,33 @@ def test_wanet_parameter_bounds_at_their_edges():
             WaNetConfig(**bad)
     with pytest.raises(ValueError, match=r"^cross_ratio=-0\.1: expected a non-negative ratio"):
         WaNetConfig(cross_ratio=-0.1)
+
+
+def test_decode_brings_every_stored_mode_to_one_the_triggers_handle():
+    """Palette, bilevel, 16/32-bit, float, CMYK and YCbCr images decode to RGB, RGBA, L or LA, pixel for pixel as
+    PIL converts them; a transparent palette keeps its alpha."""
+    base = PILImage.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3) * 5)
+    transparent = base.convert("P")
+    transparent.info["transparency"] = 0
+    cases = [
+        (base.convert("P"), "PNG", "RGB"), (transparent, "PNG", "RGBA"), (base.convert("PA"), "TIFF", "RGBA"),
+        (base.convert("1"), "PNG", "L"), (base.convert("L").convert("I;16"), "PNG", "L"),
+        (base.convert("I"), "TIFF", "L"), (base.convert("F"), "TIFF", "L"), (base.convert("CMYK"), "TIFF", "RGB"),
+        (base.convert("YCbCr"), "TIFF", "RGB"), (base.convert("LA"), "PNG", "LA"), (base, "PNG", "RGB"),
+    ]  # fmt: skip
+    for image, fmt, mode in cases:
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt)
+        stored = PILImage.open(io.BytesIO(buffer.getvalue()))
+        decoded = _decode({"bytes": buffer.getvalue(), "path": None}, Image(), None)
+        assert decoded.mode == mode, (stored.mode, fmt)
+        np.testing.assert_array_equal(np.asarray(decoded), np.asarray(stored.convert(mode)), err_msg=stored.mode)
+    assert set(np.unique(np.asarray(_decode(_png(base.convert("1")), Image(), None)))) == {0, 255}
+    rgba = np.asarray(_decode(_png(transparent), Image(), None))
+    assert (rgba[..., 3] == 0).any() and (rgba[..., 3] == 255).any()
+
+
+def _png(image: PILImage.Image) -> dict:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
