@@ -82,6 +82,9 @@ def test_clean_label_stream_and_refusals(parquet_dir):
     assert len(poisoned) < len(targets)  # rate 0.5 of the target class, not all of it
     with pytest.raises(ValueError, match=r"^attack='lc' needs an up-front pass.*poison_dataset"):
         poison_iterable_dataset(stream, get_attack("lc", target_label=0, model=tiny_resnet(10)), 0.1)
+    for bad in (0, 0.0, 1.01, -0.1):
+        with pytest.raises(ValueError, match=r"^poison_rate=.*: expected a share of the rows in \(0, 1\]"):
+            poison_iterable_dataset(stream, "badnet", bad)
     with pytest.raises(ValueError, match=r"^dataset=: expected a datasets.IterableDataset"):
         poison_iterable_dataset(Dataset.from_dict({"label": [0]}), "badnet", 0.1)
     with pytest.raises(ValueError, match=r"^target_label=12 is outside the label set"):
