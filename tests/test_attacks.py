@@ -552,3 +552,27 @@ def _png(image: PILImage.Image) -> dict:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return {"bytes": buffer.getvalue(), "path": None}
+
+
+def test_attack_config_bounds_at_their_edges():
+    """Target, image size and model view accepted at their edges and refused just past them; BadNet's patch too."""
+    for bad in (True, 1.0, "0"):
+        with pytest.raises(ValueError, match=r"^target_label=.*: expected a non-negative int class id"):
+            BadNetConfig(target_label=bad)
+    assert BadNetConfig(image_size=1).image_size == (1, 1) and BadNetConfig(image_size=(1, 3)).image_size == (1, 3)
+    for bad in (0, (0, 4), (4, 0), (4, 4, 4)):
+        with pytest.raises(ValueError, match=r"^image_size=.*: expected a positive int or \(height, width\)"):
+            BadNetConfig(image_size=bad)
+    for ok in ((0, 0, 6, 8), (5, 7, 1, 1), (0, 0, 1, 8), (2, 3, 4, 5)):
+        assert BadNetConfig(image_size=(6, 8), model_view=ok).model_view == ok
+    for bad in ((-1, 0, 2, 2), (0, -1, 2, 2), (0, 0, 0, 2), (0, 0, 2, 0), (0, 0, 7, 8), (0, 0, 6, 9), (3, 0, 4, 2),
+                (0, 5, 2, 4), (0, 0, 2)):  # fmt: skip
+        with pytest.raises(ValueError, match=r"^model_view=.*: expected \(top, left, height, width\) inside"):
+            BadNetConfig(image_size=(6, 8), model_view=bad)
+    for ok in ({"patch_size": 1}, {"value": 0}, {"value": 255}):
+        BadNetConfig(**ok)
+    with pytest.raises(ValueError, match=r"^patch_size=0: expected a positive int"):
+        BadNetConfig(patch_size=0)
+    for bad in (-1, 256):
+        with pytest.raises(ValueError, match=r"^value=.*: expected a pixel value in \[0, 255\]"):
+            BadNetConfig(value=bad)
