@@ -417,6 +417,13 @@ def test_decode_colors_resizes_with_the_resampling_asked_for():
     np.testing.assert_array_equal(default, np.asarray(picture.resize((8, 6), PILImage.Resampling.BILINEAR)))
     (same,) = decode_colors([value], Image(), None, "nearest")
     np.testing.assert_array_equal(same, np.asarray(picture))
+    (kept,) = decode_colors([value], Image(), (12, 10), "nearest")  # already (height, width): untouched
+    np.testing.assert_array_equal(kept, np.asarray(picture))
+    square = PILImage.fromarray(np.asarray(picture)[:10])
+    buffer = io.BytesIO()
+    square.save(buffer, format="PNG")
+    (short,) = decode_colors([{"bytes": buffer.getvalue(), "path": None}], Image(), (6, 10), "nearest")
+    np.testing.assert_array_equal(short, np.asarray(square.resize((10, 6), PILImage.Resampling.NEAREST)))
 
 
 def test_sig_parameter_bounds():
