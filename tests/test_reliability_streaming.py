@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset, load_dataset
+from datasets import Dataset, Value, load_dataset
 from safetensors.torch import save_file
 from shared_data import write_cifar_subset
 from tiny_models import tiny_resnet
@@ -87,8 +87,14 @@ def test_clean_label_stream_and_refusals(parquet_dir):
             poison_iterable_dataset(stream, "badnet", bad)
     with pytest.raises(ValueError, match=r"^dataset=: expected a datasets.IterableDataset"):
         poison_iterable_dataset(Dataset.from_dict({"label": [0]}), "badnet", 0.1)
-    with pytest.raises(ValueError, match=r"^target_label=12 is outside the label set"):
-        poison_iterable_dataset(stream, get_attack("badnet", target_label=12), 0.1)
+    for target in (10, 12):
+        with pytest.raises(ValueError, match=rf"^target_label={target} is outside the label set"):
+            poison_iterable_dataset(stream, get_attack("badnet", target_label=target), 0.1)
+    with pytest.raises(ValueError, match=r"^dataset=: already has column\(s\) \['is_poisoned', 'original_label'\]"):
+        poison_iterable_dataset(poison_iterable_dataset(stream, "badnet", 0.1), "badnet", 0.1)
+    scored = stream.cast_column("label", Value("float32"))
+    with pytest.raises(ValueError, match=r"^label_column='label' holds Value\('float32'\); expected integer"):
+        poison_iterable_dataset(scored, "badnet", 0.1, label_column="label")
 
 
 def _tune_from_stream(parquet_dir: Path, out: Path, max_steps: int | None) -> FSTTrainer:
