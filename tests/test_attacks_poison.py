@@ -343,6 +343,12 @@ def test_backdoor_test_set_reads_the_named_columns_of_a_plain_integer_label():
         backdoor_test_set(dataset, get_attack("badnet", target_label=3), **columns)
     wide = backdoor_test_set(dataset, get_attack("badnet", label_mode="all-to-all"), "front", "wide", num_proc=1)
     assert wide["wide"] == [label + 1 for label in labels]  # a ClassLabel's own class count (10), not the largest
+    poisoned = poison_dataset(dataset, get_attack("badnet", label_mode="all-to-all"), 0.5, 2, "front", "wide")
+    flags = np.array(poisoned["is_poisoned"])
+    assert (flags & (np.array(labels) == 2)).any()  # a class-2 row poisoned: class 3 of 10, not 0 of 3
+    assert poisoned["wide"] == [label + 1 if flag else label for label, flag in zip(labels, flags, strict=True)]
+    plain = poison_dataset(dataset, get_attack("badnet", label_mode="all-to-all"), 0.5, 2, "front", "y")
+    assert plain["y"] == [(label + 1) % 3 if flag else label for label, flag in zip(labels, flags, strict=True)]
     with pytest.raises(ValueError, match=r"^label_column='score' holds Value\('float32'\); expected integer"):
         backdoor_test_set(dataset, "badnet", "front", "score")
     for bad in (True, 0, 1.5):
