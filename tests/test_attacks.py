@@ -46,6 +46,8 @@ def _tiny_resnet(num_channels=3, seed=0):
 def test_registry_names_and_variants():
     assert list_attacks() == ["badnet", "blended", "sig", "wanet", "lc", "adaptive-blend", "lf", "trojannn"]
     assert isinstance(get_attack("BadNet"), BadNetConfig)
+    for spelling in ("Adaptive Blend", " adaptive_blend ", "ADAPTIVE-BLEND"):
+        assert isinstance(get_attack(spelling), AdaptiveBlendConfig)
     assert isinstance(get_attack("adaptive_blend"), AdaptiveBlendConfig)
     assert isinstance(get_attack("Adaptive-Blend"), AdaptiveBlendConfig)
     with pytest.raises(ValueError, match=r"name='ssba': unknown attack; registered attacks are \['badnet'"):
