@@ -332,3 +332,20 @@ def test_training_time_stream_marks_rows_for_the_collator():
     cross = [not poisoned[i] and (_draw(3, i, 2) >> 11) / 2**53 < 0.5 for i in range(60)]
     assert kinds == [1 if p else 2 if c else 0 for p, c in zip(poisoned, cross, strict=True)]
     assert 0 < kinds.count(1) < kinds.count(2) < 60
+
+
+def test_all_to_all_stream_relabels_with_the_class_label_count():
+    """All-to-all on a stream: each poisoned row goes to the next class of the ClassLabel's own count (5), so a
+    class-2 row becomes 3, not 0 as the largest label seen (2) would give."""
+    from datasets import ClassLabel, Features, Image
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 3
+    features = Features({"image": Image(), "label": ClassLabel(num_classes=5)})
+    table = {"image": list(rng.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8)), "label": labels.tolist()}
+    stream = Dataset.from_dict(table, features=features).to_iterable_dataset()
+    rows = rows_of(poison_iterable_dataset(stream, get_attack("badnet", label_mode="all-to-all"), 0.5, seed=1))
+    poisoned = [r for r in rows if r["is_poisoned"]]
+    assert any(r["original_label"] == 2 for r in poisoned)
+    assert all(r["label"] == r["original_label"] + 1 for r in poisoned)
+    assert all(r["label"] == r["original_label"] for r in rows if not r["is_poisoned"])
