@@ -409,9 +409,7 @@ def test_lc_pgd_runs_on_a_plain_module_and_a_config_without_channels():
 def test_decode_colors_resizes_with_the_resampling_asked_for():
     rng = np.random.default_rng(3)
     picture = PILImage.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8))
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    value = {"bytes": buffer.getvalue(), "path": None}
+    value = _stored(picture)
     for resample, method in (("nearest", PILImage.Resampling.NEAREST), ("bilinear", PILImage.Resampling.BILINEAR)):
         (decoded,) = decode_colors([value], Image(), (6, 8), resample)
         np.testing.assert_array_equal(decoded, np.asarray(picture.resize((8, 6), method)))
@@ -422,9 +420,7 @@ def test_decode_colors_resizes_with_the_resampling_asked_for():
     (kept,) = decode_colors([value], Image(), (12, 10), "nearest")  # already (height, width): untouched
     np.testing.assert_array_equal(kept, np.asarray(picture))
     square = PILImage.fromarray(np.asarray(picture)[:10])
-    buffer = io.BytesIO()
-    square.save(buffer, format="PNG")
-    (short,) = decode_colors([{"bytes": buffer.getvalue(), "path": None}], Image(), (6, 10), "nearest")
+    (short,) = decode_colors([_stored(square)], Image(), (6, 10), "nearest")
     np.testing.assert_array_equal(short, np.asarray(square.resize((10, 6), PILImage.Resampling.NEAREST)))
 
 
@@ -546,20 +542,20 @@ def test_decode_brings_every_stored_mode_to_one_the_triggers_handle():
         (base.convert("YCbCr"), "TIFF", "RGB"), (base.convert("LA"), "PNG", "LA"), (base, "PNG", "RGB"),
     ]  # fmt: skip
     for image, fmt, mode in cases:
-        buffer = io.BytesIO()
-        image.save(buffer, format=fmt)
-        stored = PILImage.open(io.BytesIO(buffer.getvalue()))
-        decoded = _decode({"bytes": buffer.getvalue(), "path": None}, Image(), None)
+        value = _stored(image, fmt)
+        stored = PILImage.open(io.BytesIO(value["bytes"]))
+        decoded = _decode(value, Image(), None)
         assert decoded.mode == mode, (stored.mode, fmt)
         np.testing.assert_array_equal(np.asarray(decoded), np.asarray(stored.convert(mode)), err_msg=stored.mode)
-    assert set(np.unique(np.asarray(_decode(_png(base.convert("1")), Image(), None)))) == {0, 255}
-    rgba = np.asarray(_decode(_png(transparent), Image(), None))
+    assert set(np.unique(np.asarray(_decode(_stored(base.convert("1")), Image(), None)))) == {0, 255}
+    rgba = np.asarray(_decode(_stored(transparent), Image(), None))
     assert (rgba[..., 3] == 0).any() and (rgba[..., 3] == 255).any()
 
 
-def _png(image: PILImage.Image) -> dict:
+def _stored(image: PILImage.Image, fmt: str = "PNG") -> dict:
+    """`image` encoded as a data set stores it: `{"bytes", "path"}`."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format=fmt)
     return {"bytes": buffer.getvalue(), "path": None}
 
 

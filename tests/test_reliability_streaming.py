@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset, Value, load_dataset
+from datasets import ClassLabel, Dataset, Features, Image, Value, load_dataset
 from safetensors.torch import save_file
 from shared_data import write_cifar_subset
 from tiny_models import tiny_resnet
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from hf_fst import FSTConfig, FSTTrainer, get_attack
-from hf_fst.attacks.streaming import poison_iterable_dataset, row_draws
+from hf_fst.attacks.streaming import count_poisoned, poison_iterable_dataset, row_draws
 from hf_fst.errors import ConfigurationError
 from hf_fst.selection import select_tuning_stream
 from hf_fst.transforms import augmentation_epoch_callback, build_transform, collate_image_batch
@@ -225,8 +225,6 @@ def test_count_poisoned_matches_the_stream_across_batches():
     """`count_poisoned` counts what the stream flags: over several 1,000-row batches, for a clean-label attack
     (only target-class rows) and a dirty-label one, with its default seed, reading the named label column of a
     stream whose columns cannot be told apart by type."""
-    from datasets import ClassLabel, Features, Image
-
     rng = np.random.default_rng(0)
     count = 2300
     fine = rng.integers(0, 3, count)
@@ -239,20 +237,14 @@ def test_count_poisoned_matches_the_stream_across_batches():
     columns = {"image_column": "front", "label_column": "fine"}
     for attack, rate in ((get_attack("sig", target_label=2), 0.5), (get_attack("badnet", target_label=2), 0.1)):
         flags = [r["is_poisoned"] for r in poison_iterable_dataset(stream, attack, rate, **columns)]
-        counted = attacks_count(stream, attack, rate, **columns)
+        counted = count_poisoned(stream, attack, rate, **columns)
         assert counted == sum(flags) and 0 < counted < count
-        assert attacks_count(stream, attack, rate, 0, "front", "fine") == counted  # the columns' order
-        assert attacks_count(stream, attack, rate, seed=1, **columns) != counted
-    only_target = attacks_count(stream, get_attack("sig", target_label=2), 1.0, **columns)
+        assert count_poisoned(stream, attack, rate, 0, "front", "fine") == counted  # the columns' order
+        assert count_poisoned(stream, attack, rate, seed=1, **columns) != counted
+    only_target = count_poisoned(stream, get_attack("sig", target_label=2), 1.0, **columns)
     assert only_target == int((fine == 2).sum())
     with pytest.raises(ValueError, match=r"^image_column=: several possible image columns"):
-        attacks_count(stream, "badnet", 0.1, label_column="fine")
-
-
-def attacks_count(*args, **kwargs) -> int:
-    from hf_fst.attacks.streaming import count_poisoned
-
-    return count_poisoned(*args, **kwargs)
+        count_poisoned(stream, "badnet", 0.1, label_column="fine")
 
 
 _M64 = (1 << 64) - 1
@@ -271,6 +263,11 @@ def _draw(seed: int, row: int, stream: int) -> int:
     return _splitmix((key + row * 0x9E3779B97F4A7C15) & _M64)
 
 
+def _uniform(seed: int, row: int, stream: int) -> float:
+    """The draw as a uniform number in [0, 1): its top 53 bits."""
+    return (_draw(seed, row, stream) >> 11) / 2**53
+
+
 def test_row_draws_match_splitmix64_written_out():
     """The per-row hash is SplitMix64 (its first output from state 0 is the published 0xE220A8397B1DCDAF) keyed
     by seed and stream; rows far apart and seeds past 2**32 included."""
@@ -286,8 +283,6 @@ def test_stream_rows_follow_the_written_out_policy_with_cover_rows():
     first draw is below the rate, cover (Adaptive-Blend, cover_rate 0.3 of the set, so 0.3 / 0.9 of the rows left)
     when not poisoned and the second draw is below that; a plain integer label column, named columns, default
     seed 0."""
-    from datasets import Features, Image, Value
-
     rng = np.random.default_rng(1)
     count, rate = 300, 0.1
     labels = rng.integers(0, 4, count)
@@ -298,12 +293,8 @@ def test_stream_rows_follow_the_written_out_policy_with_cover_rows():
     ).to_iterable_dataset()
     attack = get_attack("adaptive-blend", target_label=2, cover_rate=0.3)
     out = rows_of(poison_iterable_dataset(stream, attack, rate, image_column="front", label_column="y"))
-
-    def uniform(row: int, which: int) -> float:
-        return (_draw(0, row, which) >> 11) / 2**53
-
-    poisoned = [uniform(i, 1) < rate for i in range(count)]
-    cover = [not poisoned[i] and uniform(i, 2) < 0.3 / 0.9 for i in range(count)]
+    poisoned = [_uniform(0, i, 1) < rate for i in range(count)]
+    cover = [not poisoned[i] and _uniform(0, i, 2) < 0.3 / 0.9 for i in range(count)]
     assert 10 < sum(poisoned) < 60 and 60 < sum(cover) < 150
     for i, row in enumerate(out):
         changed = not np.array_equal(np.asarray(row["front"]), pictures[i])
@@ -315,8 +306,6 @@ def test_stream_rows_follow_the_written_out_policy_with_cover_rows():
 def test_training_time_stream_marks_rows_for_the_collator():
     """WaNet warped during training: the stream leaves every image as it is and marks each row's kind in an int8
     `trigger_kind` column (1 poisoned, 2 cross row at 2 per poisoned row: 0.4 / 0.8 of the rest, 0 clean)."""
-    from datasets import ClassLabel, Features, Image, Value
-
     rng = np.random.default_rng(0)
     pictures = rng.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8)
     features = Features({"image": Image(), "label": ClassLabel(num_classes=3)})
@@ -328,8 +317,8 @@ def test_training_time_stream_marks_rows_for_the_collator():
     for i, row in enumerate(out):
         np.testing.assert_array_equal(np.asarray(row["image"]), pictures[i])
         kinds.append(row["trigger_kind"])
-    poisoned = [(_draw(3, i, 1) >> 11) / 2**53 < 0.2 for i in range(60)]
-    cross = [not poisoned[i] and (_draw(3, i, 2) >> 11) / 2**53 < 0.5 for i in range(60)]
+    poisoned = [_uniform(3, i, 1) < 0.2 for i in range(60)]
+    cross = [not poisoned[i] and _uniform(3, i, 2) < 0.5 for i in range(60)]
     assert kinds == [1 if p else 2 if c else 0 for p, c in zip(poisoned, cross, strict=True)]
     assert 0 < kinds.count(1) < kinds.count(2) < 60
 
@@ -337,8 +326,6 @@ def test_training_time_stream_marks_rows_for_the_collator():
 def test_all_to_all_stream_relabels_with_the_class_label_count():
     """All-to-all on a stream: each poisoned row goes to the next class of the ClassLabel's own count (5), so a
     class-2 row becomes 3, not 0 as the largest label seen (2) would give."""
-    from datasets import ClassLabel, Features, Image
-
     rng = np.random.default_rng(0)
     labels = np.arange(60) % 3
     features = Features({"image": Image(), "label": ClassLabel(num_classes=5)})
