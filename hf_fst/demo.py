@@ -102,6 +102,7 @@ def run_demo(
     tuning_ratio: float = 0.2,
     fst_alpha: float = 0.1,
     max_accuracy_drop: float = 0.02,
+    fst_validation_folds: int | None = None,
     backdoor_epochs: int = 30,
     tuning_epochs: int = 20,
     tuning_lr: float = 0.01,
@@ -193,7 +194,8 @@ def run_demo(
         ("ft", "FT", {"tuning_mode": "ft"}),
         ("fst", f"FST with alpha {fst_alpha:g}", {"tuning_mode": "fst", "fst_alpha": fst_alpha}),
         ("fst_auto", f"FST within a {100 * max_accuracy_drop:g}-point budget (auto)",
-         {"tuning_mode": "fst", "fst_alpha": "auto", "max_accuracy_drop": max_accuracy_drop}),
+         {"tuning_mode": "fst", "fst_alpha": "auto", "max_accuracy_drop": max_accuracy_drop,
+          "fst_validation_folds": fst_validation_folds}),
     )  # fmt: skip
     for step, (name, title, settings) in enumerate(runs, start=2):
         print(f"[{step}/4] purifying with {title} ({tuning_epochs} epochs on {len(tuning)} images)", flush=True)
@@ -285,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuning_ratio", type=float, default=0.2, help="share of the clean training split to tune on")
     parser.add_argument("--fst_alpha", type=float, default=0.1, help="alpha of the fixed-alpha FST run")
     parser.add_argument("--max_accuracy_drop", type=float, default=0.02, help="budget of the auto FST run")
+    parser.add_argument("--fst_validation_folds", type=int, default=None,
+                        help="held-out folds of the auto FST run (default: enough for 200 held-out images)")  # fmt: skip
     parser.add_argument("--backdoor_epochs", type=int, default=30)
     parser.add_argument("--tuning_epochs", type=int, default=20)
     parser.add_argument("--tuning_lr", type=float, default=0.01)
@@ -301,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             tuning_ratio=args.tuning_ratio,
             fst_alpha=args.fst_alpha,
             max_accuracy_drop=args.max_accuracy_drop,
+            fst_validation_folds=args.fst_validation_folds,
             backdoor_epochs=args.backdoor_epochs,
             tuning_epochs=args.tuning_epochs,
             tuning_lr=args.tuning_lr,

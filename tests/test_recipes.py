@@ -131,18 +131,21 @@ def test_purify_with_an_accuracy_budget_records_the_search(backdoored, cifar_sma
     results = load_recipe("purify").main(
         [
             "--dataset_name", str(cifar_small), "--model_id", str(backdoored), "--attack", "badnet",
-            "--fst_alpha", "auto", "--max_accuracy_drop", "0.05", "--tuning_split_ratio", "0.1",
+            "--fst_alpha", "auto", "--max_accuracy_drop", "0.05", "--fst_validation_folds", "2", "--tuning_split_ratio", "0.1",
             "--num_train_epochs", "1", "--per_device_train_batch_size", "20", "--output_dir", str(out), "--seed", "1",
             *FAST,
         ]
     )  # fmt: skip
     saved = json.loads((out / "all_results.json").read_text())
     search = saved["fst_alpha_search"]
-    assert search["max_accuracy_drop"] == 0.05 and 4 <= search["validation_size"] <= 12 and len(search["tries"]) == 3
+    assert search["max_accuracy_drop"] == 0.05 and 8 <= search["validation_size"] <= 24 and len(search["tries"]) == 3
+    # the recipe's training transform is hf-fst's, so the held-out images were judged unaugmented
+    assert search["folds"] == 2 and search["held_out_augmented"] is False
     assert saved["fst_alpha"] == pytest.approx(search["chosen_alpha"]) == pytest.approx(results["fst_alpha"])
     assert saved["fst_alpha_normalized"] == pytest.approx(search["chosen"])
     card = ModelCard.load(out / "README.md").text
     assert "chosen without attack knowledge" in card and f"alpha = {saved['fst_alpha']:.4g}" in card
+    assert "(2 disjoint parts, each candidate tuned once per part)" in card
 
 
 def bad(cifar_small: Path, model: Path, out: Path, **flags: str) -> list[str]:

@@ -13,10 +13,13 @@ from hf_fst import FSTConfig, FSTTrainer
 from hf_fst.arguments import recipe_parser
 from hf_fst.tuning.search import (
     DEFAULT_STRENGTHS,
+    automatic_folds,
     bisect_strengths,
     dataset_labels,
     describe_search,
+    evaluation_view,
     search_fst_alpha,
+    stratified_folds,
     stratified_split,
 )
 
@@ -73,6 +76,15 @@ def test_fst_alpha_from_the_command_line(tmp_path, text, value):
         ("max_accuracy_drop", 2, r"^max_accuracy_drop=2 must be a fraction"),
         ("max_accuracy_drop", -0.01, r"^max_accuracy_drop=-0\.01 must be a fraction"),
         ("fst_validation_fraction", 1.0, r"^fst_validation_fraction=1\.0 must be a fraction"),
+        ("fst_validation_folds", 0, r"^fst_validation_folds=0 must be an integer >= 1; pass e\.g\. "),
+        ("fst_validation_folds", 2.0, r"^fst_validation_folds=2\.0 must be an integer"),
+        ("fst_validation_folds", True, r"^fst_validation_folds=True must be an integer"),
+        (
+            "fst_validation_folds",
+            6,
+            r"^fst_validation_folds=6 needs 6 disjoint held-out parts of "
+            r"fst_validation_fraction=0\.2; pass at most 5 folds or a smaller fraction",
+        ),
     ],
 )
 def test_bad_strength_settings_are_refused_by_name(tmp_path, field, value, message):
@@ -92,6 +104,57 @@ def test_stratified_split_holds_out_each_class_in_proportion_and_is_seeded():
     # Two images of a class: one is held out even at a small fraction, one stays.
     pair = np.array([0, 0, 1, 1, 1])
     assert [int(np.sum(pair[stratified_split(pair, 0.01, 0)[1]] == c)) for c in (0, 1)] == [1, 1]
+
+
+def test_folds_fit_the_fraction(tmp_path):
+    assert FSTConfig(output_dir=str(tmp_path), fst_validation_folds=5).fst_validation_folds == 5  # 5 x 0.2 = 1
+    assert FSTConfig(output_dir=str(tmp_path), fst_validation_folds=4, fst_validation_fraction=0.25)
+    with pytest.raises(ValueError, match=r"^fst_validation_folds=5 needs .* pass at most 4 folds"):
+        FSTConfig(output_dir=str(tmp_path), fst_validation_folds=5, fst_validation_fraction=0.25)
+    (config,) = recipe_parser([FSTConfig]).parse(["--output_dir", str(tmp_path), "--fst_validation_folds", "3"])
+    assert config.fst_validation_folds == 3 and FSTConfig(output_dir=str(tmp_path)).fst_validation_folds is None
+
+
+def test_stratified_folds_hold_out_disjoint_parts_of_every_class():
+    labels = np.repeat(np.arange(4), [10, 5, 1, 2])
+    folds = stratified_folds(labels, 0.2, seed=3, folds=5)
+    assert len(folds) == 5
+    held_parts = [held for _, held in folds]
+    for keep, held in folds:  # each fold: a part held out, the rest kept
+        assert np.array_equal(keep, np.setdiff1d(np.arange(18), held)) and np.array_equal(held, np.sort(held))
+    everything = np.concatenate(held_parts)
+    assert len(np.unique(everything)) == len(everything)  # disjoint
+    # Class 0 (10 images): 2 per fold, all held out once; class 1 (5): 1 per fold; the lone class-2 image is never
+    # held out; class 3 (2 images): 1 in each of the first two folds, so a fold never holds out a class's last one.
+    assert [[int(np.sum(labels[h] == c)) for c in range(4)] for h in held_parts] == [
+        [2, 1, 0, 1], [2, 1, 0, 1], [2, 1, 0, 0], [2, 1, 0, 0], [2, 1, 0, 0]
+    ]  # fmt: skip
+    # One fold is the single split, so folds=1 changes nothing; the folds are seeded.
+    keep, held = stratified_split(labels, 0.2, seed=3)
+    assert np.array_equal(folds[0][1], held) and np.array_equal(folds[0][0], keep)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, stratified_folds(labels, 0.2, 3, 5), strict=True))
+    assert not np.array_equal(folds[1][1], stratified_folds(labels, 0.2, seed=4, folds=5)[1][1])
+    for bad in (0, 6):
+        with pytest.raises(ValueError, match=rf"^folds={bad} with fraction=0\.2 do not fit"):
+            stratified_folds(labels, 0.2, seed=3, folds=bad)
+
+
+@pytest.mark.parametrize(
+    ("size", "classes", "fraction", "folds"),
+    [
+        (1000, 10, 0.2, 1),  # 200 held out by one fold: enough
+        (970, 10, 0.2, 2),  # 19 of each class of 97: 190 fall short
+        (269, 10, 0.2, 4),  # a demo-sized tuning set: 5 of each class of 26-27, 4 x 50 = 200
+        (100, 10, 0.2, 5),  # every image held out once is still under 200: all five folds
+        (100, 10, 0.5, 2),  # a larger fraction allows fewer folds
+        (10, 5, 0.2, 2),  # two images a class: only two folds hold out anything
+    ],
+)
+def test_unset_folds_judge_on_at_least_200_images_when_the_data_allow(size, classes, fraction, folds):
+    labels = np.arange(size) % classes
+    assert automatic_folds(labels, fraction, seed=0) == folds
+    parts = stratified_folds(labels, fraction, seed=0, folds=folds)
+    assert all(len(held) for _, held in parts)
 
 
 # ------------------------------------------------------------------------------------------------ bisection
@@ -124,7 +187,9 @@ class CountingTrainer(FSTTrainer):
 
 
 def _auto(tmp_path, rows, **overrides):
-    args = fst_args(tmp_path, fst_alpha="auto", num_train_epochs=2, per_device_train_batch_size=16, **overrides)
+    # one held-out part unless a test asks for more
+    settings = {"fst_validation_folds": 1, "num_train_epochs": 2, "per_device_train_batch_size": 16, **overrides}
+    args = fst_args(tmp_path, fst_alpha="auto", **settings)
     return args, CountingTrainer(model=tiny_resnet(), args=args, train_dataset=rows)
 
 
@@ -191,6 +256,15 @@ def test_describe_search_states_the_numbers():
         "Tried (strength alpha x ||W0||^2, held-out accuracy): 2 (90.5%), 4 (87.1%, over). "
         "Chosen: 2, alpha = 0.07123; then tuned on all images."
     )
+    pooled = dict(search, validation_size=216, folds=4, held_out_augmented=True)
+    assert describe_search(pooled).startswith(
+        "alpha was chosen without attack knowledge (`fst_alpha=auto`): the strongest normalised shift whose accuracy "
+        "on 216 held-out clean tuning images (4 disjoint parts, each candidate tuned once per part), seen through the "
+        "training augmentation, stayed within 2 points of the input model's (92.0%). "
+    )
+    assert describe_search(dict(pooled, folds=1, held_out_augmented=False)) == describe_search(
+        dict(search, validation_size=216)
+    )  # one part and no augmentation (or a record written before either was recorded) add no words
     missed = dict(search, budget_met=False, chosen=0.25, tries=[dict(t, within_budget=False) for t in tries])
     assert describe_search(missed).endswith(
         "2 (90.5%, over), 4 (87.1%, over). No strength met the budget, so the weakest tried (0.25) was kept: "
@@ -212,7 +286,7 @@ def test_auto_candidates_are_paper_fst_runs_at_normalised_strengths_on_the_tunin
     rows = [{"pixel_values": torch.randn(3, 16, 16, generator=generator) + torch.tensor([i % 5 - 2.0, 0, 0])[:, None, None],
              "labels": i % 5} for i in range(60)]  # fmt: skip
     common = {"num_train_epochs": 4, "per_device_train_batch_size": 16, "learning_rate": 0.05}
-    args = fst_args(tmp_path / "auto", fst_alpha="auto", **common)
+    args = fst_args(tmp_path / "auto", fst_alpha="auto", fst_validation_folds=1, **common)
     trainer = FSTTrainer(model=model(), args=args, train_dataset=rows)
     trainer.train()
     search = trainer.fst_alpha_search.to_dict()
@@ -231,12 +305,19 @@ def test_auto_candidates_are_paper_fst_runs_at_normalised_strengths_on_the_tunin
     for t in search["tries"]:
         args = fst_args(tmp_path / f"by-hand-{t['fst_alpha_normalized']}", tuning_mode="fst",
                         fst_alpha=t["fst_alpha_normalized"], normalize_fst_alpha=True, **common)  # fmt: skip
+        args.max_steps = 16  # the final run's steps: 4 epochs of 60 rows in batches of 16; the part has 48 rows
         by_hand = FSTTrainer(model=model(), args=args, train_dataset=[rows[i] for i in keep])
         by_hand.train()
         assert t["validation_accuracy"] == pytest.approx(accuracy(by_hand.model), abs=1e-9)
         assert t["fst_alpha"] == pytest.approx(t["fst_alpha_normalized"] / search["head_norm_squared"], rel=1e-9)
     # The held-out accuracies differ between strengths: the candidates really trained with their strength.
     assert len({t["validation_accuracy"] for t in search["tries"]}) > 1
+    # The final run is a plain normalised FST run at the chosen strength on all the rows, from a re-drawn head.
+    args = fst_args(tmp_path / "final-by-hand", fst_alpha=search["chosen"], normalize_fst_alpha=True, **common)
+    final = FSTTrainer(model=model(), args=args, train_dataset=rows)
+    final.train()
+    for (name, a), b in zip(trainer.model.state_dict().items(), final.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
 
 
 def test_labels_are_read_from_the_raw_column_without_the_transform():
@@ -291,18 +372,21 @@ def test_candidates_use_the_trainers_collator_and_loss(tmp_path):
         losses.append(len(labels))
         return torch.nn.functional.cross_entropy(outputs.logits, labels)
 
-    args = fst_args(tmp_path, fst_alpha="auto", num_train_epochs=2, per_device_train_batch_size=16)
+    args = fst_args(tmp_path, fst_alpha="auto", num_train_epochs=4, per_device_train_batch_size=12,
+                    fst_validation_folds=1)  # fmt: skip
     trainer = FSTTrainer(model=tiny_resnet(), args=args, train_dataset=rows, data_collator=collator,
                          compute_loss_func=loss_func)  # fmt: skip
     trainer.train()
     assert len(trainer.fst_alpha_search.tries) == 3
-    # 12 held-out and 48 tuning rows: the reference predicts 12; each candidate trains 2 x 48 and predicts 12;
-    # the final run trains 2 x 60.
-    assert sum(seen) == 12 + 3 * (2 * 48 + 12) + 2 * 60
+    # 12 held-out and 48 tuning rows: the reference predicts 12; the final run takes 4 epochs of 5 batches of 12
+    # (20 steps, 240 rows); each candidate takes the same 20 steps over its 48 rows (5 epochs of 4 batches: 240 rows,
+    # not the 4 x 48 = 192 of equal epochs) and predicts 12.
+    assert sum(seen) == 12 + 3 * (240 + 12) + 240
+    assert trainer.fst_alpha_search.steps == 20
     assert sum(losses) == sum(seen)  # every batch, training and held-out evaluation alike, through the user's loss
 
 
-def test_no_strength_within_the_budget_keeps_the_weakest_tried_and_reads_tuple_predictions(tmp_path):
+def test_no_strength_within_the_budget_keeps_the_weakest_tried_and_reads_tuple_predictions(tmp_path, caplog):
     """The fallback, on a model whose outputs are tuples (logits and hidden states): candidates that barely move
     from a fresh head fall below a trained model's held-out accuracy, so the weakest tried strength is kept."""
     rows = _separable_rows(60, seed=1)
@@ -313,9 +397,15 @@ def test_no_strength_within_the_budget_keeps_the_weakest_tried_and_reads_tuple_p
     trained.config.output_hidden_states = True
     baseline = copy.deepcopy(trained)
     args = fst_args(tmp_path / "auto", fst_alpha="auto", max_accuracy_drop=0.001, learning_rate=1e-9,
-                    num_train_epochs=1, per_device_train_batch_size=16)  # fmt: skip
+                    num_train_epochs=1, per_device_train_batch_size=16, fst_validation_folds=1)  # fmt: skip
     trainer = FSTTrainer(model=trained, args=args, train_dataset=rows)
-    search = search_fst_alpha(trainer, baseline, strengths=(1.0, 2.0, 4.0)).to_dict()
+    with caplog.at_level("WARNING", logger="hf_fst.tuning.search"):
+        search = search_fst_alpha(trainer, baseline, strengths=(1.0, 2.0, 4.0)).to_dict()
+    lost = 100 * (search["baseline_accuracy"] - search["tries"][-1]["validation_accuracy"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "fst_alpha=auto: no strength kept held-out accuracy within 0.1 points of the input model's (the weakest, 1, "
+        f"lost {lost:.1f}); tuning with it anyway: expect a larger drop, or give more clean data or a larger budget"
+    ]
 
     _, held = stratified_split(np.array([r["labels"] for r in rows]), 0.2, seed=7)
     baseline.eval()
@@ -330,3 +420,105 @@ def test_no_strength_within_the_budget_keeps_the_weakest_tried_and_reads_tuple_p
         and search["chosen"] == 1.0
         and search["chosen_alpha"] == pytest.approx(1.0 / search["head_norm_squared"])
     )
+
+
+def test_auto_with_folds_pools_every_fold_by_hand(tmp_path):
+    """With two folds, each candidate is tuned once per fold (for the final run's steps) and scored on both
+    held-out parts pooled; the input model's accuracy is pooled over the same images."""
+    generator = torch.Generator().manual_seed(3)
+    rows = [{"pixel_values": torch.randn(3, 16, 16, generator=generator) + torch.tensor([i % 5 - 2.0, 0, 0])[:, None, None],
+             "labels": i % 5} for i in range(60)]  # fmt: skip
+    common = {"num_train_epochs": 2, "per_device_train_batch_size": 16, "learning_rate": 0.05}
+    trainer = FSTTrainer(model=tiny_resnet(), args=fst_args(tmp_path / "auto", fst_alpha="auto",
+                         fst_validation_folds=2, **common), train_dataset=rows)  # fmt: skip
+    trainer.train()
+    search = trainer.fst_alpha_search.to_dict()
+    folds = stratified_folds(np.array([r["labels"] for r in rows]), 0.2, seed=7, folds=2)
+    assert search["folds"] == 2 and search["validation_size"] == 20 and search["steps"] == 8  # 2 epochs x 4 batches
+
+    def correct(model, held):
+        model.eval()
+        with torch.no_grad():
+            logits = model(pixel_values=torch.stack([rows[i]["pixel_values"] for i in held])).logits
+        return int(np.sum(logits.argmax(-1).numpy() == np.array([rows[i]["labels"] for i in held])))
+
+    assert search["baseline_accuracy"] == pytest.approx(sum(correct(tiny_resnet(), h) for _, h in folds) / 20)
+    for t in search["tries"]:
+        total = 0
+        for k, (keep, held) in enumerate(folds):
+            args = fst_args(tmp_path / f"hand-{t['fst_alpha_normalized']}-{k}", fst_alpha=t["fst_alpha_normalized"],
+                            normalize_fst_alpha=True, max_steps=8, **common)  # fmt: skip
+            by_hand = FSTTrainer(model=tiny_resnet(), args=args, train_dataset=[rows[i] for i in keep])
+            by_hand.train()
+            total += correct(by_hand.model, held)
+        assert t["validation_accuracy"] == pytest.approx(total / 20, abs=1e-9)
+
+
+def test_unset_folds_reach_the_search(tmp_path):
+    rows = random_image_rows(60)
+    CountingTrainer.built = 0
+    _, trainer = _auto(tmp_path, rows, fst_validation_folds=None, num_train_epochs=1)
+    trainer.train()
+    search = trainer.fst_alpha_search
+    parts = stratified_folds(np.array([r["labels"] for r in rows]), 0.2, seed=7, folds=5)
+    # 60 images hold out about 12 a fold, so every fold is used (57 in all < 200): 3 candidates x 5 folds, the
+    # reference, the run
+    assert search.folds == 5 and search.validation_size == sum(len(held) for _, held in parts) == 57
+    assert CountingTrainer.built == 1 + 3 * 5 + 1
+
+
+def _image_dataset(n: int):
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+    features = Features({"img": Image(), "label": ClassLabel(num_classes=5)})
+    return Dataset.from_dict({"img": list(pixels), "label": [i % 5 for i in range(n)]}, features=features)
+
+
+def test_held_out_images_are_judged_without_training_augmentation(tmp_path):
+    from hf_fst.transforms import ImageClassificationTransform, collate_image_batch
+
+    data = _image_dataset(40)
+    augment = ImageClassificationTransform("img", "label", train=True, crop_padding=6)
+    plain = ImageClassificationTransform("img", "label", train=False)
+    view, switched = evaluation_view(data.with_transform(augment))
+    assert switched and augment.train  # a copy was switched off, not the caller's transform
+    torch.testing.assert_close(view[:8]["pixel_values"], data.with_transform(plain)[:8]["pixel_values"])
+    assert not torch.allclose(data.with_transform(augment)[:8]["pixel_values"], view[:8]["pixel_values"])
+    custom = data.with_transform(lambda batch: plain(batch))  # a transform hf-fst cannot switch is kept
+    assert evaluation_view(custom) == (custom, False) and evaluation_view(view) == (view, False)
+
+    batches = []
+
+    def collator(rows):  # records what every model is given: the first batch is the input model's held-out one
+        batches.append(collate_image_batch(rows))
+        return batches[-1]
+
+    args = fst_args(tmp_path, fst_alpha="auto", num_train_epochs=1, per_device_train_batch_size=16,
+                    per_device_eval_batch_size=16, remove_unused_columns=False, fst_validation_folds=1)  # fmt: skip
+    trainer = FSTTrainer(model=tiny_resnet(), args=args, train_dataset=data.with_transform(augment),
+                         data_collator=collator)  # fmt: skip
+    trainer.train()
+    search = trainer.fst_alpha_search
+    _, held = stratified_split(np.array(data["label"]), 0.2, seed=7)
+    expected = data.with_transform(plain)[held.tolist()]
+    torch.testing.assert_close(batches[0]["pixel_values"], expected["pixel_values"])
+    with torch.no_grad():
+        logits = tiny_resnet()(pixel_values=expected["pixel_values"]).logits
+    assert search.held_out_augmented is False and search.validation_size == len(held) == 10
+    assert search.baseline_accuracy == pytest.approx(float(np.mean(logits.argmax(-1).numpy() == held % 5)))
+
+
+def test_a_custom_random_transform_gives_every_model_the_same_draws(tmp_path):
+    from hf_fst.tuning.search import _correct
+
+    data = _image_dataset(200).with_transform(
+        lambda batch: {"pixel_values": torch.randn(len(batch["label"]), 3, 16, 16) * 3,
+                       "labels": torch.tensor(batch["label"])})  # fmt: skip
+    trainer = FSTTrainer(model=tiny_resnet(), args=fst_args(tmp_path, remove_unused_columns=False))
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = _correct(trainer, data, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is left where it was
+    assert _correct(trainer, data, seed=5) == first  # same draws for every model judged
+    assert len({_correct(trainer, data, seed=s) for s in range(6)}) > 1  # and the draws do come from the seed

@@ -261,6 +261,40 @@ def test_ft_mode_matches_transformers_trainer_with_label_smoothing(tmp_path):
         assert loss_a == pytest.approx(loss_b, abs=1e-5) and norm_a == pytest.approx(norm_b, rel=1e-5)
 
 
+@pytest.mark.parametrize(
+    "logging",
+    [
+        {"logging_steps": 3, "logging_first_step": True},
+        {"logging_strategy": "epoch"},
+        {"logging_steps": 5, "include_num_input_tokens_seen": "all"},
+    ],
+    ids=["first-step", "epoch", "tokens"],
+)
+def test_logs_carry_what_transformers_trainer_logs(tmp_path, logging):
+    """The gradient norm is only computed for steps that log it (no clipping): every log still carries the one
+    `transformers.Trainer` logs, at the same steps, with the same other keys; ce_loss is the window's mean loss."""
+    rows, model = random_image_rows(32), tiny_resnet()
+    common = dict(
+        use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no", seed=3, num_train_epochs=3,
+        per_device_train_batch_size=8, learning_rate=0.01, optim="sgd", optim_args="momentum=0.9",
+        lr_scheduler_type="cosine", max_grad_norm=0.0, train_sampling_strategy="sequential", **logging,
+    )  # fmt: skip
+    plain = Trainer(model=copy.deepcopy(model), args=TrainingArguments(output_dir=str(tmp_path / "hf"), **common),
+                    train_dataset=rows)  # fmt: skip
+    plain.train()
+    ours = FSTTrainer(model=model, args=FSTConfig(output_dir=str(tmp_path / "fst"), tuning_mode="ft", **common),
+                      train_dataset=rows)  # fmt: skip
+    ours.train()
+    theirs = [e for e in plain.state.log_history if "loss" in e]
+    mine = [e for e in ours.state.log_history if "loss" in e]
+    assert [e["step"] for e in mine] == [e["step"] for e in theirs] and len(mine) >= 2
+    for a, b in zip(mine, theirs, strict=True):
+        assert set(a) - {"ce_loss"} == set(b) and "grad_norm" in a
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+        # ce_loss: the mean over the window, kept to 6 decimals (the Trainer's own loss is that mean too)
+        assert a["ce_loss"] == round(a["ce_loss"], 6) and a["ce_loss"] == pytest.approx(b["loss"], abs=1e-5)
+
+
 # ---------------------------------------------------------------------------------------- optimisation details
 @argument("gradient_accumulation_steps")
 @pytest.mark.parametrize("mode", MODES)
@@ -671,6 +705,36 @@ def test_first_non_finite_step_is_named_without_a_sync_per_step(tmp_path):
     assert first_bad > 1, "the first step must be finite for the check to mean anything"
     assert trainer.state.global_step < 40
     assert not list(Path(args.output_dir).glob("checkpoint-*"))
+
+
+@pytest.mark.parametrize(
+    ("bad_step", "trigger", "found_at"),
+    [
+        (3, {"logging_steps": 4}, 4),
+        (3, {"save_strategy": "steps", "save_steps": 4}, 4),
+        (3, {"eval_strategy": "steps", "eval_steps": 4}, 4),
+        (1, {}, 12),  # nothing logs, saves or evaluates: found at the end of the epoch, and step 1 is named
+    ],
+    ids=["log", "save", "evaluate", "epoch-end"],
+)
+def test_a_non_finite_loss_stops_before_the_step_is_logged_saved_or_evaluated(tmp_path, bad_step, trigger, found_at):
+    calls = []
+
+    def loss_func(outputs, labels, num_items_in_batch=None):
+        calls.append(1)
+        loss = F.cross_entropy(outputs.logits, labels)
+        return loss * float("nan") if len(calls) == bad_step else loss
+
+    settings = {"logging_steps": 100, "save_strategy": "no", "eval_strategy": "no", **trigger}
+    args = make_args(tmp_path, num_train_epochs=1, per_device_train_batch_size=4, **settings)
+    rows = random_image_rows(48)  # 12 steps
+    trainer = FSTTrainer(model=tiny_resnet(), args=args, train_dataset=rows, eval_dataset=rows[:8],
+                         compute_loss_func=loss_func)  # fmt: skip
+    with pytest.raises(FloatingPointError, match=rf"^non-finite training loss \(nan\) at optimizer step {bad_step} "
+                       rf"\(found at step {found_at}\)"):  # fmt: skip
+        trainer.train()
+    assert not list(Path(args.output_dir).glob("checkpoint-*"))  # nothing saved from a broken model
+    assert not [e for e in trainer.state.log_history if "loss" in e or "eval_loss" in e]
 
 
 # -------------------------------------------------------------------------------------------- the contract table

@@ -444,3 +444,17 @@ def test_models_returning_a_tensor_or_a_tuple_train_and_predict(tmp_path, kind):
     torch.testing.assert_close(torch.as_tensor(output.predictions), logits, atol=1e-5, rtol=1e-5)
     labels = torch.tensor([r["labels"] for r in rows])
     assert output.metrics["test_loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), abs=1e-5)
+
+
+def test_the_new_head_is_drawn_from_the_seed_alone(tmp_path):
+    """The re-drawn head depends on `seed`, not on the global RNG (which the Trainer seeds and checkpoints)."""
+    trainer = FSTTrainer(model=tiny_resnet(), args=make_args(tmp_path, tuning_mode="fst", seed=11))
+    first = trainer.head.weight.detach().clone(), trainer.head.bias.detach().clone()
+    torch.manual_seed(1234)
+    torch.rand(1000)  # move the global RNG on
+    with torch.no_grad():
+        trainer.reinitialize_head()
+    assert torch.equal(trainer.head.weight, first[0]) and torch.equal(trainer.head.bias, first[1])
+    other = FSTTrainer(model=tiny_resnet(), args=make_args(tmp_path, tuning_mode="fst", seed=12))
+    assert not torch.equal(other.head.weight, first[0])  # and the seed does decide it
+    assert not torch.equal(first[0], tiny_resnet().classifier[1].weight)  # re-drawn, not the input head

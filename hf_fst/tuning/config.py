@@ -141,6 +141,11 @@ class FSTConfig(TrainingArguments):
         fst_validation_fraction (`float`, defaults to `0.2`):
             With `fst_alpha="auto"`: the share of the tuning data held out (seeded, stratified by label) to judge
             each candidate strength.
+        fst_validation_folds (`int`, *optional*):
+            With `fst_alpha="auto"`: how many disjoint held-out parts (each `fst_validation_fraction` of the data)
+            every candidate is judged on, pooled; at most 1 / `fst_validation_fraction`. More folds give a steadier
+            estimate on small tuning sets (with 5 x 0.2 every image is held out once) at that many times the cost.
+            Unset: as few as judge on at least 200 images (1 for 1,000 tuning images, 4 for 270).
         head_name (`str`, *optional*):
             Dotted path of the classification head (e.g. `classifier`, `classifier.1`, `fc`). Found automatically
             when unset: the `nn.Linear` outside the backbone with `num_labels` outputs.
@@ -172,6 +177,13 @@ class FSTConfig(TrainingArguments):
     fst_validation_fraction: float = field(
         default=0.2,
         metadata={"help": "fst_alpha=auto: share of the tuning data held out (stratified) to judge each strength."},
+    )
+    fst_validation_folds: int | None = field(
+        default=None,
+        metadata={
+            "help": "fst_alpha=auto: disjoint held-out parts each strength is judged on (cost x folds); unset: "
+            "enough to judge on at least 200 images."
+        },
     )
     head_name: str | None = field(
         default=None,
@@ -220,6 +232,13 @@ class FSTConfig(TrainingArguments):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
                 raise _bad(name, value, "must be a fraction in (0, 1)", f"pass e.g. --{name} 0.02 (2 points)"
                            if name == "max_accuracy_drop" else f"pass e.g. --{name} 0.2")  # fmt: skip
+        folds = self.fst_validation_folds
+        if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 1):
+            raise _bad("fst_validation_folds", folds, "must be an integer >= 1", "pass e.g. --fst_validation_folds 5")
+        if folds is not None and folds * self.fst_validation_fraction > 1 + 1e-9:
+            raise _bad("fst_validation_folds", folds,
+                       f"needs {folds} disjoint held-out parts of fst_validation_fraction={self.fst_validation_fraction}",
+                       f"pass at most {int(1 / self.fst_validation_fraction + 1e-9)} folds or a smaller fraction")  # fmt: skip
         if self.head_name is not None and not str(self.head_name).strip():
             self.head_name = None
         check_training_numbers(self)

@@ -47,14 +47,9 @@ class _FSTCallback(TrainerCallback):
             self.trainer.project_head()
 
     def on_step_end(self, args, state, control, **kwargs):
-        last = state.max_steps and state.global_step >= state.max_steps
-        if (
-            last
-            or control.should_log
-            or control.should_save
-            or control.should_evaluate
-            or control.should_training_stop
-        ):
+        # Runs after the Trainer's own flow callback, which has set these flags for this step (the last step
+        # included: should_training_stop).
+        if control.should_log or control.should_save or control.should_evaluate or control.should_training_stop:
             self.trainer.raise_if_nonfinite()
 
     def on_epoch_end(self, args, state, control, **kwargs):
@@ -348,7 +343,7 @@ class FSTTrainer(Trainer):
         step = self.state.global_step + 1
         every = self.state.logging_steps or 1
         first = step == 1 and self.args.logging_first_step
-        return first or step % every == 0 or (self.state.max_steps > 0 and step >= self.state.max_steps)
+        return first or step % every == 0  # the Trainer's flow callback logs on no other step
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Add the mean cross-entropy and FST penalty since the last training log."""
