@@ -15,6 +15,10 @@ clean images with the same settings as the grid's `fst` rows, at several scale-f
     OMP_NUM_THREADS=1 python benchmarks/fst_variants.py --data_dir $DATA --dataset gtsrb --seeds 0
     python benchmarks/fst_variants.py --render      # the table and the frontier plot, into BENCHMARKS.md
 
+`--retuning_attack` also runs the grid's retuning attack (5 poisoned images among the tuning set, see
+`hf_fst.benchmark.retuning`) on each tuned model and records the P-ASR; a run's earlier record without it is
+replaced, since the tuning itself is the same seeded run.
+
 The backdoored models come from the strong grid's cache (`benchmarks/cache`), trained there if missing.
 """
 
@@ -25,6 +29,7 @@ import copy
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -34,9 +39,10 @@ import torch
 import torch.nn.functional as F
 
 from hf_fst import FSTTrainer
-from hf_fst.benchmark import GridConfig, GridRunner, append_record, read_records
+from hf_fst.benchmark import GridConfig, GridRunner, read_records
 from hf_fst.benchmark.plots import cell, stats
 from hf_fst.benchmark.records import device_name, head_norm_squared
+from hf_fst.benchmark.retuning import retune, retuning_tensors
 from hf_fst.benchmark.sources import DATASETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,12 +138,25 @@ def results_path(args: argparse.Namespace) -> Path:
     return Path(args.results_file) if args.results_file else RESULTS / f"{args.dataset}.jsonl"
 
 
+def _key(record: dict) -> tuple:
+    return record["attack"], record["poison_rate"], record["seed"], record["variant"], record["strength"]
+
+
+def replace_record(path: Path, record: dict) -> None:
+    """Write `record` in place of any earlier record of the same run (atomically: a temporary file, renamed)."""
+    kept = [r for r in read_records(path) if _key(r) != _key(record)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in [*kept, record]))
+    os.replace(tmp, path)
+
+
 def run(args: argparse.Namespace) -> None:
     dataset, results_file = args.dataset, results_path(args)
     runner = GridRunner(strong_config(dataset, args.data_dir, args.cache_dir))
-    done = {
-        (r["attack"], r["poison_rate"], r["seed"], r["variant"], r["strength"]) for r in read_records(results_file)
-    }
+    retuning_samples = runner.config.retuning_poisoned_samples
+    done = {_key(r) for r in read_records(results_file)
+            if not args.retuning_attack or r.get("retuning_attack_success_rate") is not None}  # fmt: skip
     for seed in args.seeds:
         for attack in args.attacks:
             for rate in args.poison_rates:
@@ -146,6 +165,14 @@ def run(args: argparse.Namespace) -> None:
                 if not todo:
                     continue
                 model, evaluation, info = runner.backdoored_model(dataset, attack, rate, seed)
+                retuning = None
+                if args.retuning_attack:
+                    poison = runner.attack(dataset, attack, seed)
+                    retuning = (
+                        dataset,
+                        *retuning_tensors(runner, dataset, poison, seed, 1000, retuning_samples),
+                        seed,
+                    )
                 for variant, strength in todo:
                     start = time.perf_counter()
                     tuned = run_variant(runner, dataset, model, variant, strength, seed)
@@ -159,9 +186,15 @@ def run(args: argparse.Namespace) -> None:
                         **{k: v for k, v in info.items() if k.startswith("before_")},
                         **evaluation.evaluate(tuned),
                     }  # fmt: skip
-                    append_record(results_file, record)
-                    logger.info("%s %g s%d %s %g: C-Acc %.4f ASR %.4f", attack, rate, seed, variant, strength,
-                                record["clean_accuracy"], record["attack_success_rate"])  # fmt: skip
+                    if retuning is not None:
+                        after = evaluation.evaluate(retune(runner, tuned, *retuning))
+                        record["retuning_poisoned_samples"] = retuning_samples
+                        record["retuning_attack_success_rate"] = after["attack_success_rate"]
+                        record["retuning_clean_accuracy"] = after["clean_accuracy"]
+                    replace_record(results_file, record)
+                    logger.info("%s %g s%d %s %g: C-Acc %.4f ASR %.4f P-ASR %s", attack, rate, seed, variant, strength,
+                                record["clean_accuracy"], record["attack_success_rate"],
+                                record.get("retuning_attack_success_rate"))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ render
@@ -193,6 +226,16 @@ def gain_over_fst(curve: list[tuple[float, float]], asr: float) -> float | None:
     return float(np.interp(asr, xs, ys))
 
 
+def retuned(rows: list[dict]) -> str:
+    """The P-ASR after the retuning attack over the seeds that ran it (blank if none did), naming their count when
+    that is not every seed."""
+    attacked = [r for r in rows if r.get("retuning_attack_success_rate") is not None]
+    if not attacked:
+        return ""
+    text = cell(attacked, "retuning_attack_success_rate")
+    return text if len(attacked) == len(rows) else f"{text} ({len(attacked)} of {len(rows)} seeds)"
+
+
 def render(args: argparse.Namespace) -> None:
     import matplotlib
 
@@ -203,8 +246,8 @@ def render(args: argparse.Namespace) -> None:
     records = [r for path in files for r in read_records(path)]
     strong = [r for path in sorted(STRONG.glob("*.jsonl")) for r in read_records(path)]
     cells = points(records, strong)
-    lines = ["| data set, attack, rate | method | s | seeds | C-Acc (%) | ASR (%) | C-Acc vs FST at that ASR (pts) "
-             "| dominates paper FST |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | :---: |"]  # fmt: skip
+    lines = ["| data set, attack, rate | method | s | seeds | C-Acc (%) | ASR (%) | P-ASR (%) | C-Acc vs FST at that ASR "
+             "(pts) | dominates paper FST |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"]  # fmt: skip
     wins: dict[tuple[str, str], list[bool]] = {}
     columns = min(len(cells), 3)
     rows_count = math.ceil(len(cells) / columns)
@@ -242,7 +285,7 @@ def render(args: argparse.Namespace) -> None:
                 wins.setdefault((variant, label), []).append(won)
                 dominates = "yes" if won else "no"
             lines.append(f"| {dataset} {attack} {rate:g} | {variant} | {label} | {len(rows)} | {cell(rows, 'clean_accuracy')} | "
-                         f"{cell(rows, 'attack_success_rate')} | {gain} | {dominates} |")  # fmt: skip
+                         f"{cell(rows, 'attack_success_rate')} | {retuned(rows)} | {gain} | {dominates} |")  # fmt: skip
             by_variant.setdefault(variant.split(" ")[0], []).append((asr, acc, label))
         for variant, pts in sorted(by_variant.items()):
             pts.sort()
@@ -284,6 +327,7 @@ def main() -> None:
     parser.add_argument("--strengths", nargs="+", type=float, default=None, help="Only these of each variant's.")
     parser.add_argument("--results_file", default=None, help="Default: benchmarks/results/variants/<dataset>.jsonl.")
     parser.add_argument("--cache_dir", default=str(ROOT / "benchmarks" / "cache"))
+    parser.add_argument("--retuning_attack", action="store_true", help="Also run the retuning attack (P-ASR).")
     parser.add_argument("--render", action="store_true", help="Render the table and plot from the records.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -174,3 +175,20 @@ def test_variants_compare_with_the_paper_alpha_of_each_data_set():
     assert [r["fst_alpha"] for r in cifar[(variants.PAPER, "paper")]] == [0.2]
     assert len(gtsrb[("ft", "-")]) == 1 and ("ft", "-") not in cifar
     assert len(gtsrb[("fst-kd", "16")]) == 1
+
+
+def test_variants_p_asr_column_and_record_replacement(tmp_path):
+    variants = load_script("fst_variants")
+    rows = [{"retuning_attack_success_rate": 0.5}, {"retuning_attack_success_rate": 0.7}, {}]
+    assert variants.retuned(rows[:2]) == "60.0 ± 14.1"
+    assert variants.retuned(rows) == "60.0 ± 14.1 (2 of 3 seeds)"  # a seed without the attack is named, not averaged
+    assert variants.retuned(rows[2:]) == ""
+
+    path = tmp_path / "variants.jsonl"
+    run = {"attack": "sig", "poison_rate": 0.01, "seed": 1, "variant": "fst-kd", "strength": 16.0}
+    variants.replace_record(path, {**run, "clean_accuracy": 0.8})
+    variants.replace_record(path, {**run, "strength": 8.0, "clean_accuracy": 0.81})
+    variants.replace_record(path, {**run, "clean_accuracy": 0.8, "retuning_attack_success_rate": 0.4})
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["strength"], r.get("retuning_attack_success_rate")) for r in records] == [(8.0, None), (16.0, 0.4)]
+    assert not path.with_suffix(".tmp").exists()

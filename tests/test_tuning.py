@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from tiny_models import NUM_LABELS, random_image_rows, tiny_resnet, tiny_vit
 from tiny_models import fst_args as make_args
 from transformers import TrainerCallback
@@ -200,6 +201,10 @@ def test_resume_gives_same_weights(tmp_path):
     checkpoint = tmp_path / "resume" / "out" / "checkpoint-7"
     assert (checkpoint / FST_STATE_NAME).is_file()
     assert interrupted.state.global_step == 7
+    # The FST state says, for whoever inspects a checkpoint, which head and setting it belongs to.
+    with safe_open(str(checkpoint / FST_STATE_NAME), framework="pt") as handle:
+        assert handle.metadata() == {"head_name": "classifier.1", "tuning_mode": "fst", "fst_alpha": "0.2",
+                                     "normalize_fst_alpha": "False"}  # fmt: skip
 
     # W0 must come from the checkpoint, not from whatever model the resumed trainer is given.
     other = tiny_resnet(seed=1)
