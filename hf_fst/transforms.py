@@ -6,6 +6,7 @@ preprocesses the same way in `pipeline("image-classification")`.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -136,6 +137,12 @@ class ImageClassificationTransform:
     @property
     def mode(self) -> str:
         return "L" if self.num_channels == 1 else "RGB"
+
+    def without_augmentation(self) -> ImageClassificationTransform:
+        """A copy that prepares images as for evaluation (what `fst_alpha="auto"` judges held-out images with)."""
+        plain = copy.copy(self)
+        plain.train = False
+        return plain
 
     def _pixels(self, images: list[Image.Image]) -> torch.Tensor:
         if self.image_processor is not None:

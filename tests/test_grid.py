@@ -11,7 +11,7 @@ from shared_data import CIFAR, cifar_data_dir
 
 from hf_fst.benchmark import GridConfig, GridRunner, read_records
 from hf_fst.benchmark.grid import dataset_source
-from hf_fst.benchmark.tensors import AugmentingCollator
+from hf_fst.benchmark.tensors import PIXEL_MEAN, PIXEL_STD, AugmentingCollator
 from hf_fst.tuning import FSTTrainer
 
 
@@ -59,6 +59,9 @@ def test_bad_grid_config():
         GridConfig(datasets=["mnist"])
     with pytest.raises(ValueError, match="poison_rates: 0"):
         GridConfig(poison_rates=[0])
+    for folds in (0, True, 2.5):
+        with pytest.raises(ValueError, match=rf"^fst_validation_folds: {folds!r} must be an integer >= 1"):
+            GridConfig(fst_validation_folds=folds)
 
 
 def test_augmenting_collator_crops_and_flips():
@@ -79,6 +82,16 @@ def test_augmenting_collator_crops_and_flips():
     matched = [next(k for k, window in candidates.items() if torch.equal(window, out)) for out in pixels.round()]
     assert len(set(matched)) > 10
     assert {flip for *_, flip in matched} == {False, True}
+
+
+def test_collator_without_augmentation_only_stacks_and_normalises():
+    rows = [{"pixel_values": torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8), "labels": i} for i in range(16)]
+    collator = AugmentingCollator(padding=3, flip=False)
+    plain = collator.without_augmentation()
+    assert collator.augment and not plain.augment and (plain.padding, plain.flip) == (3, False)
+    expected = (torch.stack([r["pixel_values"] for r in rows]).float() / 255 - PIXEL_MEAN) / PIXEL_STD
+    torch.testing.assert_close(plain(rows)["pixel_values"], expected)
+    assert not torch.allclose(collator(rows)["pixel_values"], expected)
 
 
 def test_augmentation_can_be_switched_off():
@@ -147,6 +160,7 @@ def test_grid_second_threat_model_and_strength_records(tmp_path):
         tuning_epochs=1,
         fst_alpha="auto",
         max_accuracy_drop=0.05,
+        fst_validation_folds=2,
         retuning_attack=True,
         retuning_poisoned_samples=3,
         results_file=str(tmp_path / "results.jsonl"),
@@ -185,8 +199,11 @@ def test_grid_second_threat_model_and_strength_records(tmp_path):
     assert records[0]["attack_config"]["name"] == "badnet" and records[0]["attack_config"]["patch_size"] == 3
     ft, fst = records[0], records[1]
     assert ft["fst_alpha"] is None and ft["fst_alpha_normalized"] is None and ft["max_accuracy_drop"] is None
-    assert fst["fst_alpha"] == "auto" and fst["max_accuracy_drop"] == 0.05
+    assert fst["fst_alpha"] == "auto" and fst["max_accuracy_drop"] == 0.05 and fst["fst_validation_folds"] == 2
+    assert ft["fst_validation_folds"] is None
     search = fst["fst_alpha_search"]
+    # the grid augments in its collator, which judges held-out images without crop and flip
+    assert search["folds"] == 2 and search["held_out_augmented"] is False
     assert len(search["tries"]) == 3 and fst["fst_alpha_normalized"] == pytest.approx(search["chosen"])
     assert fst["fst_alpha_effective"] == pytest.approx(search["chosen"] / fst["head_weight_norm_squared"], rel=1e-4)
 

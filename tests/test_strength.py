@@ -260,7 +260,7 @@ def test_describe_search_states_the_numbers():
     assert describe_search(pooled).startswith(
         "alpha was chosen without attack knowledge (`fst_alpha=auto`): the strongest normalised shift whose accuracy "
         "on 216 held-out clean tuning images (4 disjoint parts, each candidate tuned once per part), seen through the "
-        "training augmentation, stayed within 2 points of the input model's (92.0%). "
+        "training pipeline with any augmentation it applies, stayed within 2 points of the input model's (92.0%). "
     )
     assert describe_search(dict(pooled, folds=1, held_out_augmented=False)) == describe_search(
         dict(search, validation_size=216)
@@ -486,7 +486,7 @@ def test_held_out_images_are_judged_without_training_augmentation(tmp_path):
     torch.testing.assert_close(view[:8]["pixel_values"], data.with_transform(plain)[:8]["pixel_values"])
     assert not torch.allclose(data.with_transform(augment)[:8]["pixel_values"], view[:8]["pixel_values"])
     custom = data.with_transform(lambda batch: plain(batch))  # a transform hf-fst cannot switch is kept
-    assert evaluation_view(custom) == (custom, False) and evaluation_view(view) == (view, False)
+    assert evaluation_view(custom) == (custom, False) and evaluation_view(data) == (data, False)
 
     batches = []
 
@@ -522,3 +522,37 @@ def test_a_custom_random_transform_gives_every_model_the_same_draws(tmp_path):
     assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is left where it was
     assert _correct(trainer, data, seed=5) == first  # same draws for every model judged
     assert len({_correct(trainer, data, seed=s) for s in range(6)}) > 1  # and the draws do come from the seed
+
+
+class _NoisyCollator:
+    """Adds noise to every batch; its `without_augmentation()` copy does not, and both count their batches."""
+
+    def __init__(self, noisy: bool = True) -> None:
+        self.noisy, self.rows = noisy, []
+
+    def without_augmentation(self) -> _NoisyCollator:
+        self.plain = _NoisyCollator(noisy=False)
+        return self.plain
+
+    def __call__(self, rows):
+        self.rows.append(len(rows))
+        pixels = torch.stack([r["pixel_values"] for r in rows])
+        return {"pixel_values": pixels + 5 * torch.randn_like(pixels) if self.noisy else pixels,
+                "labels": torch.tensor([r["labels"] for r in rows])}  # fmt: skip
+
+
+def test_a_collator_that_can_switch_augmentation_off_batches_the_held_out_images(tmp_path):
+    rows, collator = random_image_rows(60), _NoisyCollator()
+    args = fst_args(tmp_path, fst_alpha="auto", num_train_epochs=4, per_device_train_batch_size=12,
+                    per_device_eval_batch_size=12, fst_validation_folds=1)  # fmt: skip
+    trainer = FSTTrainer(model=tiny_resnet(), args=args, train_dataset=rows, data_collator=collator)
+    trainer.train()
+    search = trainer.fst_alpha_search
+    # The plain copy collated the held-out part for the input model and the 3 candidates; the noisy one trained.
+    assert collator.plain.rows == [search.validation_size] * 4 and search.held_out_augmented is False
+    assert sum(collator.rows) == 3 * 240 + 240  # 3 candidates x 20 steps of 12 over 48 rows, then the final run
+    _, held = stratified_split(np.array([r["labels"] for r in rows]), 0.2, seed=7)
+    with torch.no_grad():
+        logits = tiny_resnet()(pixel_values=torch.stack([rows[i]["pixel_values"] for i in held])).logits
+    expected = float(np.mean(logits.argmax(-1).numpy() == np.array([rows[i]["labels"] for i in held])))
+    assert search.baseline_accuracy == pytest.approx(expected)

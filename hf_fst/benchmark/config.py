@@ -59,6 +59,10 @@ class GridConfig:
         default=False, metadata={"help": "Read fst_alpha as a scale-free strength (alpha x ||W0||^2)."}
     )
     max_accuracy_drop: float = field(default=0.02, metadata={"help": "With fst_alpha auto: the accuracy budget."})
+    fst_validation_folds: int | None = field(
+        default=None,
+        metadata={"help": "With fst_alpha auto: held-out folds per candidate; unset: enough for 200 images."},
+    )
     retuning_attack: bool = field(
         default=False,
         metadata={"help": "Also run the retuning attack on every tuned model and the backdoored one (P-ASR)."},
@@ -95,6 +99,9 @@ class GridConfig:
             self.fst_alpha = parse_fst_alpha(self.fst_alpha)
         if not 0 < self.max_accuracy_drop < 1:
             raise ValueError(f"max_accuracy_drop: {self.max_accuracy_drop} must be a fraction in (0, 1), e.g. 0.02")
+        folds = self.fst_validation_folds
+        if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 1):
+            raise ValueError(f"fst_validation_folds: {folds!r} must be an integer >= 1 (or unset), e.g. 5")
         if self.tuning_augment is None:
             self.tuning_augment = self.backdoor_augment
 

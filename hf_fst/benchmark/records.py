@@ -45,6 +45,7 @@ RECORD_KEY = (
     "base_training",  # absent (None) in records of models trained from scratch
     "normalize_fst_alpha",  # absent (None) in records written before the option existed: the raw penalty
     "max_accuracy_drop",
+    "fst_validation_folds",  # None: unset (automatic), also in records written before the option existed
     "retuning_poisoned_samples",  # None: no retuning attack in the record
 )
 

@@ -78,6 +78,10 @@ class AugmentingCollator:
     def __init__(self, padding: int = 4, augment: bool = True, flip: bool = True, attack: Any = None) -> None:
         self.padding, self.augment, self.flip, self.attack = padding, augment, flip, attack
 
+    def without_augmentation(self) -> AugmentingCollator:
+        """The same collator without crop and flip (what `fst_alpha="auto"` judges held-out images with)."""
+        return AugmentingCollator(self.padding, augment=False, flip=self.flip, attack=self.attack)
+
     def __call__(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         images = torch.stack([row["pixel_values"] for row in rows])
         labels = torch.stack([torch.as_tensor(row["labels"]) for row in rows])

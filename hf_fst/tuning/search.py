@@ -32,8 +32,6 @@ import torch
 from transformers import PrinterCallback, set_seed
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
-from hf_fst.transforms import ImageClassificationTransform
-
 if TYPE_CHECKING:
     from hf_fst.tuning.trainer import FSTTrainer
 
@@ -52,6 +50,7 @@ __all__ = [
     "strength_record",
     "stratified_folds",
     "stratified_split",
+    "without_augmentation",
 ]
 
 DEFAULT_STRENGTHS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -79,7 +78,8 @@ class StrengthSearch:
     steps: int = 0
     """Optimizer steps each candidate was tuned for: those of the final run."""
     held_out_augmented: bool = True
-    """Whether the held-out images passed through the training augmentation (a transform hf-fst cannot switch)."""
+    """Whether the held-out images passed through the training pipeline as it is (with any augmentation it applies):
+    neither its transform nor its collator offered `without_augmentation()`."""
 
     @property
     def chosen_alpha(self) -> float:
@@ -170,20 +170,25 @@ def _quiet_args(trainer: FSTTrainer, **changes: Any):
 
 
 def evaluation_view(dataset: Any) -> tuple[Any, bool]:
-    """(the held-out part as a test split is seen, whether training augmentation was switched off).
+    """(the held-out part as a test split is seen, whether training augmentation was switched off in its transform).
 
-    The tuning data carries the training transform. When that is hf-fst's `ImageClassificationTransform`, the
-    held-out part is judged through a copy with `train=False` (no random crop or flip), as test images are; other
-    transforms are kept, and `_correct` then gives every model the same random draws.
+    The tuning data carries the training transform. When that transform has a `without_augmentation()` method
+    (hf-fst's `ImageClassificationTransform` has), the held-out part is judged through the copy it returns, as
+    test images are; other transforms are kept, and `_correct` then gives every model the same random draws.
     """
     fmt = getattr(dataset, "format", None) or {}
     transform = fmt.get("format_kwargs", {}).get("transform") if fmt.get("type") == "custom" else None
-    if not isinstance(transform, ImageClassificationTransform) or not transform.train:
+    plain, switched = without_augmentation(transform)
+    if not switched:
         return dataset, False
-    plain = copy.copy(transform)
-    plain.train = False
     columns, everything = fmt.get("columns"), bool(fmt.get("output_all_columns", False))
     return dataset.with_transform(plain, columns=columns, output_all_columns=everything), True
+
+
+def without_augmentation(step: Any) -> tuple[Any, bool]:
+    """(`step.without_augmentation()`, True) for a transform or collator that offers it, else (`step`, False)."""
+    switch = getattr(step, "without_augmentation", None)
+    return (switch(), True) if callable(switch) else (step, False)
 
 
 def _correct(trainer: FSTTrainer, dataset: Any, seed: int) -> int:
@@ -234,12 +239,14 @@ def search_fst_alpha(
             f"fst_validation_fraction={args.fst_validation_fraction} with fst_validation_folds="
             f"{args.fst_validation_folds}; pass more tuning data, fewer folds, or a number for fst_alpha"
         )
-    plain_view, unaugmented = evaluation_view(trainer.train_dataset)
+    plain_view, plain_transform = evaluation_view(trainer.train_dataset)
+    plain_collator, plain_batches = without_augmentation(trainer.data_collator)
     parts = [(_subset(trainer.train_dataset, keep), _subset(plain_view, held)) for keep, held in folds]
     validation_size = sum(len(held) for _, held in folds)
     steps = planned_steps(trainer)
     common = {"data_collator": trainer.data_collator, "compute_loss_func": trainer.compute_loss_func}
-    reference = trainer_class(model=baseline, args=_quiet_args(trainer, tuning_mode="ft"), **common)
+    reference_args = _quiet_args(trainer, tuning_mode="ft")
+    reference = trainer_class(model=baseline, args=reference_args, **{**common, "data_collator": plain_collator})
     w0_norm_squared = float(trainer.fst_w0.double().pow(2).sum())
     search = StrengthSearch(
         max_accuracy_drop=args.max_accuracy_drop,
@@ -248,7 +255,7 @@ def search_fst_alpha(
         head_norm_squared=w0_norm_squared,
         folds=len(folds),
         steps=steps,
-        held_out_augmented=not unaugmented,
+        held_out_augmented=not (plain_transform or plain_batches),
     )
     del reference
     floor = search.baseline_accuracy - args.max_accuracy_drop
@@ -262,6 +269,7 @@ def search_fst_alpha(
             inner = trainer_class(model=baseline, args=inner_args, train_dataset=tuning_part, **common)
             inner.remove_callback(PrinterCallback)
             inner.train()
+            inner.data_collator = plain_collator  # trained with the training pipeline, judged without augmentation
             correct += _correct(inner, held_part, args.seed)
         accuracy = correct / validation_size
         logger.info("fst_alpha=auto: strength %g -> held-out accuracy %.4f (floor %.4f)", strength, accuracy, floor)
@@ -329,7 +337,7 @@ def describe_search(search: dict[str, Any]) -> str:
     if folds > 1:
         where += f" ({folds} disjoint parts, each candidate tuned once per part)"
     if search.get("held_out_augmented", False):
-        where += ", seen through the training augmentation,"
+        where += ", seen through the training pipeline with any augmentation it applies,"
     text = (
         f"alpha was chosen without attack knowledge (`fst_alpha=auto`): the strongest normalised shift whose accuracy "
         f"on {where} stayed within "
