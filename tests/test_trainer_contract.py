@@ -14,6 +14,7 @@ import math
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -267,23 +268,35 @@ def test_ft_mode_matches_transformers_trainer_with_label_smoothing(tmp_path):
         {"logging_steps": 3, "logging_first_step": True},
         {"logging_strategy": "epoch"},
         {"logging_steps": 5, "include_num_input_tokens_seen": "all"},
+        {"logging_steps": 2, "max_grad_norm": 0.05},  # clipped: the norm before clipping is logged
+        {"logging_steps": 2, "gradient_accumulation_steps": 2},
+        {"logging_steps": 2, "gradient_accumulation_steps": 2, "loss_func": True},
     ],
-    ids=["first-step", "epoch", "tokens"],
+    ids=["first-step", "epoch", "tokens", "clipped", "accumulated", "accumulated-loss-func"],
 )
 def test_logs_carry_what_transformers_trainer_logs(tmp_path, logging):
     """The gradient norm is only computed for steps that log it (no clipping): every log still carries the one
-    `transformers.Trainer` logs, at the same steps, with the same other keys; ce_loss is the window's mean loss."""
+    `transformers.Trainer` logs, at the same steps, with the same other keys; ce_loss is the window's mean loss
+    per batch, with or without gradient accumulation and a `compute_loss_func` normalised over the whole batch."""
     rows, model = random_image_rows(32), tiny_resnet()
     common = dict(
         use_cpu=True, report_to="none", disable_tqdm=True, save_strategy="no", seed=3, num_train_epochs=3,
         per_device_train_batch_size=8, learning_rate=0.01, optim="sgd", optim_args="momentum=0.9",
-        lr_scheduler_type="cosine", max_grad_norm=0.0, train_sampling_strategy="sequential", **logging,
+        lr_scheduler_type="cosine", max_grad_norm=0.0, train_sampling_strategy="sequential",
     )  # fmt: skip
+    def summed(outputs, labels, num_items_in_batch=None):  # normalised over the whole accumulated batch
+        return F.cross_entropy(outputs.logits, labels, reduction="sum") / num_items_in_batch
+
+    loss_func = summed if logging.pop("loss_func", False) else None
+    common.update(logging)
+    # Under accumulation `Trainer` does not rescale this model's own (mean) loss, so it gets the summed loss, which
+    # is the gradient FSTTrainer's per-batch cross-entropy gives.
+    reference_loss = summed if common.get("gradient_accumulation_steps", 1) > 1 else loss_func
     plain = Trainer(model=copy.deepcopy(model), args=TrainingArguments(output_dir=str(tmp_path / "hf"), **common),
-                    train_dataset=rows)  # fmt: skip
+                    train_dataset=rows, compute_loss_func=reference_loss)  # fmt: skip
     plain.train()
     ours = FSTTrainer(model=model, args=FSTConfig(output_dir=str(tmp_path / "fst"), tuning_mode="ft", **common),
-                      train_dataset=rows)  # fmt: skip
+                      train_dataset=rows, compute_loss_func=loss_func)  # fmt: skip
     ours.train()
     theirs = [e for e in plain.state.log_history if "loss" in e]
     mine = [e for e in ours.state.log_history if "loss" in e]
@@ -714,27 +727,49 @@ def test_first_non_finite_step_is_named_without_a_sync_per_step(tmp_path):
         (3, {"save_strategy": "steps", "save_steps": 4}, 4),
         (3, {"eval_strategy": "steps", "eval_steps": 4}, 4),
         (1, {}, 12),  # nothing logs, saves or evaluates: found at the end of the epoch, and step 1 is named
+        (5, {"logging_steps": 6, "bad": "inf"}, 6),  # the bad value itself is reported
     ],
-    ids=["log", "save", "evaluate", "epoch-end"],
+    ids=["log", "save", "evaluate", "epoch-end", "inf"],
 )
 def test_a_non_finite_loss_stops_before_the_step_is_logged_saved_or_evaluated(tmp_path, bad_step, trigger, found_at):
-    calls = []
+    calls, bad = [], trigger.pop("bad", "nan")
 
     def loss_func(outputs, labels, num_items_in_batch=None):
         calls.append(1)
         loss = F.cross_entropy(outputs.logits, labels)
-        return loss * float("nan") if len(calls) == bad_step else loss
+        return loss * float(bad) if len(calls) == bad_step else loss
 
     settings = {"logging_steps": 100, "save_strategy": "no", "eval_strategy": "no", **trigger}
     args = make_args(tmp_path, num_train_epochs=1, per_device_train_batch_size=4, **settings)
     rows = random_image_rows(48)  # 12 steps
     trainer = FSTTrainer(model=tiny_resnet(), args=args, train_dataset=rows, eval_dataset=rows[:8],
                          compute_loss_func=loss_func)  # fmt: skip
-    with pytest.raises(FloatingPointError, match=rf"^non-finite training loss \(nan\) at optimizer step {bad_step} "
+    with pytest.raises(FloatingPointError, match=rf"^non-finite training loss \({bad}\) at optimizer step {bad_step} "
                        rf"\(found at step {found_at}\)"):  # fmt: skip
         trainer.train()
     assert not list(Path(args.output_dir).glob("checkpoint-*"))  # nothing saved from a broken model
     assert not [e for e in trainer.state.log_history if "loss" in e or "eval_loss" in e]
+
+
+def test_trainer_defaults_and_positional_train_arguments(tmp_path, monkeypatch):
+    """As `Trainer`: no args gives a config writing to `trainer_output`; `optimizers=None` means none given; train's
+    positional arguments (resume_from_checkpoint, trial, ignore_keys_for_eval) reach the Trainer."""
+    monkeypatch.chdir(tmp_path)
+    bare = FSTTrainer(model=tiny_resnet(), optimizers=None)
+    assert type(bare.args) is FSTConfig and bare.args.output_dir == "trainer_output"
+    model = tiny_resnet()
+    model.config.output_hidden_states = True  # predictions are (logits, hidden states) unless the key is ignored
+    seen = []
+
+    def metrics(prediction):
+        seen.append(type(prediction.predictions))
+        return {}
+
+    rows = random_image_rows(16)
+    args = make_args(tmp_path, num_train_epochs=1, per_device_train_batch_size=8, eval_strategy="epoch")
+    trainer = FSTTrainer(model=model, args=args, train_dataset=rows, eval_dataset=rows, compute_metrics=metrics)
+    trainer.train(None, None, ["hidden_states"])
+    assert seen == [np.ndarray]  # the ignored key was dropped: logits alone
 
 
 # -------------------------------------------------------------------------------------------- the contract table

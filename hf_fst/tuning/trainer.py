@@ -124,7 +124,6 @@ class FSTTrainer(Trainer):
                     "or pass a number for fst_alpha"
                 )
             args = copy.copy(args)  # the chosen alpha is written into the trainer's copy, not the caller's config
-            self.args = args
             # The input head, for the search's reference accuracy (the copy below re-initialises its own).
             self._input_head = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
         self.fst_alpha_search: StrengthSearch | None = None
@@ -279,8 +278,9 @@ class FSTTrainer(Trainer):
             if self.args.uses_fst_penalty:
                 penalty = self.fst_penalty()
                 self._add_part("fst_penalty", penalty.detach())
-                # The Trainer divides a per-batch loss by the accumulation steps; a whole-batch one it does not.
-                loss = loss + (penalty / steps if self.loss_is_scaled_for_ga else penalty)
+                # The Trainer divides a per-batch loss by the accumulation steps; a whole-batch one (steps > 1 here)
+                # it does not, so the penalty is divided here to count once per optimizer step.
+                loss = loss + penalty / steps
             self._note_finite(loss)
         if not return_outputs:
             return loss
