@@ -284,6 +284,7 @@ def test_logs_carry_what_transformers_trainer_logs(tmp_path, logging):
         per_device_train_batch_size=8, learning_rate=0.01, optim="sgd", optim_args="momentum=0.9",
         lr_scheduler_type="cosine", max_grad_norm=0.0, train_sampling_strategy="sequential",
     )  # fmt: skip
+
     def summed(outputs, labels, num_items_in_batch=None):  # normalised over the whole accumulated batch
         return F.cross_entropy(outputs.logits, labels, reduction="sum") / num_items_in_batch
 
