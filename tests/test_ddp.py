@@ -52,3 +52,18 @@ def test_two_process_ddp_matches_gradient_accumulation(tmp_path):
         rank0["vit.embeddings.patch_embeddings.projection.weight"]
         - original["vit.embeddings.patch_embeddings.projection.weight"]
     ).abs().max() > 1e-4
+
+
+def test_two_process_ddp_leaves_rank_zeros_batchnorm_statistics_on_every_rank(tmp_path):
+    """Each rank updates BatchNorm's running statistics from its own half of the batch; after training every rank
+    holds rank 0's (which the saved model has), not its own."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    _run([*launch, str(WORKER), str(tmp_path), "1", "resnet"], tmp_path)
+    rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    own0, own1 = load_file(tmp_path / "rank0-own.safetensors"), load_file(tmp_path / "rank1-own.safetensors")
+    statistics = [n for n in own0 if n.endswith(("running_mean", "running_var"))]
+    assert statistics and all(not torch.equal(own0[n], own1[n]) for n in statistics)  # the ranks did differ
+    for name in own0:
+        assert torch.equal(rank0[name], own0[name]) and torch.equal(rank1[name], own0[name]), name
+    assert all(torch.equal(rank0[n], rank1[n]) for n in rank0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -224,6 +225,18 @@ def test_resume_from_foreign_checkpoint_is_refused(tmp_path):
     trainer = FSTTrainer(model=tiny_resnet(), args=make_args(tmp_path), train_dataset=random_image_rows(8))
     with pytest.raises(ValueError, match=f"resume_from_checkpoint=.*{FST_STATE_NAME}"):
         trainer.train(resume_from_checkpoint=str(folder))
+
+
+def test_resume_true_needs_a_checkpoint_and_refuses_a_foreign_one(tmp_path):
+    """`resume_from_checkpoint=True` as in `Trainer`: an error when there is nothing to resume (never a silent fresh
+    start), and the FST refusal when the only checkpoint in output_dir was not written by FSTTrainer."""
+    args = make_args(tmp_path, num_train_epochs=1, per_device_train_batch_size=8)
+    trainer = FSTTrainer(model=tiny_resnet(), args=args, train_dataset=random_image_rows(8))
+    with pytest.raises(ValueError, match="No valid checkpoint found"):
+        trainer.train(resume_from_checkpoint=True)
+    (Path(args.output_dir) / "checkpoint-3").mkdir(parents=True)  # a plain Trainer's: no FST state
+    with pytest.raises(ValueError, match=f"checkpoint-3' has no {FST_STATE_NAME}"):
+        trainer.train(resume_from_checkpoint=True)
 
 
 def test_vit_head_and_penalty(tmp_path):
