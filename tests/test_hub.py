@@ -236,13 +236,15 @@ def test_trainer_pushes_an_fst_card_and_resumable_checkpoints(tmp_path):
     assert {"last-checkpoint/README.md", "last-checkpoint/fst_state.safetensors"} <= set(last)
     end = repos["test-user/fst-end"]
     assert not any(name.startswith(("checkpoint-", "last-checkpoint")) for name in end)
-    for files in (every, last, end):
+    for strategy, files in (("all_checkpoints", every), ("checkpoint", last), ("end", end)):
         card = files["README.md"].decode()
+        assert f"\n# fst-{strategy}\n" in card  # named after the repository, without the user's namespace
         assert (
             "`fst` (Feature Shift Tuning (FST))" in card and "| fst_alpha | 0.3 (normalised strength alpha x" in card
         )
         assert "| optimizer steps done when this card was written | 4 |" in card
         assert "library_name: transformers" in card and "defense-fst" in card
     checkpoint_card = every["checkpoint-2/README.md"].decode()
+    assert "\n# fst-all_checkpoints\n" in checkpoint_card  # written by the checkpoint save, from hub_model_id
     assert "| optimizer steps done when this card was written | 2 |" in checkpoint_card
     assert TOKEN.encode() not in b"".join(b"".join(files.values()) for files in (every, last, end))

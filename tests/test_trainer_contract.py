@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from tiny_models import NUM_LABELS, fst_args, random_image_rows, tiny_resnet, tiny_vit
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import ConvNextImageProcessor, Trainer, TrainerCallback, TrainingArguments
 
 from hf_fst import FSTConfig, FSTTrainer
 from hf_fst.tuning.contract import TRAINER_ARGUMENTS, render_trainer_arguments_table
@@ -758,6 +758,10 @@ def test_trainer_defaults_and_positional_train_arguments(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bare = FSTTrainer(model=tiny_resnet(), optimizers=None)
     assert type(bare.args) is FSTConfig and bare.args.output_dir == "trainer_output"
+    processor = ConvNextImageProcessor(size={"shortest_edge": 16})  # saved beside the model, as `Trainer` does
+    saver = FSTTrainer(model=tiny_resnet(), args=make_args(tmp_path / "saved"), processing_class=processor)
+    saver.save_model(str(tmp_path / "saved-model"))
+    assert saver.processing_class is processor and (tmp_path / "saved-model" / "preprocessor_config.json").is_file()
     model = tiny_resnet()
     model.config.output_hidden_states = True  # predictions are (logits, hidden states) unless the key is ignored
     seen = []
