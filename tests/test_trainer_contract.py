@@ -774,7 +774,8 @@ def test_trainer_defaults_and_positional_train_arguments(tmp_path, monkeypatch):
     args = make_args(tmp_path, num_train_epochs=1, per_device_train_batch_size=8, eval_strategy="epoch")
     trainer = FSTTrainer(model=model, args=args, train_dataset=rows, eval_dataset=rows, compute_metrics=metrics)
     trainer.train(None, None, ["hidden_states"])
-    assert seen == [np.ndarray]  # the ignored key was dropped: logits alone
+    trainer.train(ignore_keys_for_eval=["hidden_states"])  # and as a keyword
+    assert seen == [np.ndarray, np.ndarray]  # the ignored key was dropped: logits alone
 
 
 # -------------------------------------------------------------------------------------------- the contract table
