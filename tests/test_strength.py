@@ -143,8 +143,9 @@ def test_stratified_folds_hold_out_disjoint_parts_of_every_class():
     ("size", "classes", "fraction", "folds"),
     [
         (1000, 10, 0.2, 1),  # 200 held out by one fold: enough
-        (970, 10, 0.2, 2),  # 19 of each class of 97: 190 fall short
-        (269, 10, 0.2, 4),  # a demo-sized tuning set: 5 of each class of 26-27, 4 x 50 = 200
+        (1000, 11, 0.2, 1),  # per-class rounding holds out 198 here; the nominal 200 decides, so still one fold
+        (970, 10, 0.2, 2),  # 194 fall short
+        (269, 10, 0.2, 4),  # a demo-sized tuning set: 53.8 a fold, 4 x 53.8 >= 200
         (100, 10, 0.2, 5),  # every image held out once is still under 200: all five folds
         (100, 10, 0.5, 2),  # a larger fraction allows fewer folds
         (10, 5, 0.2, 2),  # two images a class: only two folds hold out anything

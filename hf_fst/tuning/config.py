@@ -145,7 +145,7 @@ class FSTConfig(TrainingArguments):
             With `fst_alpha="auto"`: how many disjoint held-out parts (each `fst_validation_fraction` of the data)
             every candidate is judged on, pooled; at most 1 / `fst_validation_fraction`. More folds give a steadier
             estimate on small tuning sets (with 5 x 0.2 every image is held out once) at that many times the cost.
-            Unset: as few as judge on at least 200 images (1 for 1,000 tuning images, 4 for 270).
+            Unset: as few as hold out 200 images at the nominal fraction (1 for 1,000 tuning images, 4 for 270).
         head_name (`str`, *optional*):
             Dotted path of the classification head (e.g. `classifier`, `classifier.1`, `fc`). Found automatically
             when unset: the `nn.Linear` outside the backbone with `num_labels` outputs.

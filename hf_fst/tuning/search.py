@@ -119,16 +119,13 @@ def stratified_folds(
 
 
 def automatic_folds(labels: np.ndarray, fraction: float, seed: int) -> int:
-    """Folds for an unset `fst_validation_folds`: as few as hold out `MIN_VALIDATION_IMAGES` in all, at most
+    """Folds for an unset `fst_validation_folds`: as few as hold out `MIN_VALIDATION_IMAGES` in all at the nominal
+    `fraction` of the data (so 1,000 images always give one fold, whatever the per-class rounding), at most
     1 / fraction, and never one that would hold out nothing (a tiny set runs out of images of a class)."""
     parts = [len(held) for _, held in stratified_folds(labels, fraction, seed, max(1, int(1 / fraction + 1e-9)))]
     usable = max(1, sum(1 for size in parts if size > 0))
-    total, folds = 0, 0
-    for size in parts[:usable]:
-        total, folds = total + size, folds + 1
-        if total >= MIN_VALIDATION_IMAGES:
-            break
-    return folds
+    wanted = math.ceil(MIN_VALIDATION_IMAGES / max(fraction * len(labels), 1e-9) - 1e-9)
+    return max(1, min(usable, wanted))
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
