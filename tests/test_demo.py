@@ -20,7 +20,7 @@ def test_digits_dataset_is_stratified_8x8():
 
 
 def test_demo_end_to_end(tmp_path, capsys):
-    """The README's main command at its defaults (about 30 s): the numbers show what each mode does."""
+    """The README's main command at its defaults (about 25 s): the numbers show what each mode does."""
     out = tmp_path / "demo"
     summary = run_demo(str(out), progress=False, command="python -m hf_fst.demo")
     printed = capsys.readouterr().out
