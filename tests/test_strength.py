@@ -149,6 +149,8 @@ def test_stratified_folds_hold_out_disjoint_parts_of_every_class():
         (100, 10, 0.2, 5),  # every image held out once is still under 200: all five folds
         (100, 10, 0.5, 2),  # a larger fraction allows fewer folds
         (10, 5, 0.2, 2),  # two images a class: only two folds hold out anything
+        (2, 1, 0.2, 2),  # one image in each of two folds still counts as a fold
+        (100, 10, 0.6, 1),  # a fraction over one half leaves room for one fold only
     ],
 )
 def test_unset_folds_judge_on_at_least_200_images_when_the_data_allow(size, classes, fraction, folds):
@@ -257,10 +259,10 @@ def test_describe_search_states_the_numbers():
         "Tried (strength alpha x ||W0||^2, held-out accuracy): 2 (90.5%), 4 (87.1%, over). "
         "Chosen: 2, alpha = 0.07123; then tuned on all images."
     )
-    pooled = dict(search, validation_size=216, folds=4, held_out_augmented=True)
+    pooled = dict(search, validation_size=216, folds=2, held_out_augmented=True)
     assert describe_search(pooled).startswith(
         "alpha was chosen without attack knowledge (`fst_alpha=auto`): the strongest normalised shift whose accuracy "
-        "on 216 held-out clean tuning images (4 disjoint parts, each candidate tuned once per part), seen through the "
+        "on 216 held-out clean tuning images (2 disjoint parts, each candidate tuned once per part), seen through the "
         "training pipeline with any augmentation it applies, stayed within 2 points of the input model's (92.0%). "
     )
     assert describe_search(dict(pooled, folds=1, held_out_augmented=False)) == describe_search(
@@ -486,6 +488,13 @@ def test_held_out_images_are_judged_without_training_augmentation(tmp_path):
     assert switched and augment.train  # a copy was switched off, not the caller's transform
     torch.testing.assert_close(view[:8]["pixel_values"], data.with_transform(plain)[:8]["pixel_values"])
     assert not torch.allclose(data.with_transform(augment)[:8]["pixel_values"], view[:8]["pixel_values"])
+    # the format's columns and output_all_columns carry over to the view
+    narrow = data.add_column("note", ["x"] * 40).with_transform(
+        augment, columns=["img", "label"], output_all_columns=True
+    )
+    narrow_view, _ = evaluation_view(narrow)
+    assert narrow_view.format["columns"] == ["img", "label"] and narrow_view.format["output_all_columns"] is True
+    assert narrow_view[0]["note"] == "x" and "pixel_values" in narrow_view[0]
     custom = data.with_transform(lambda batch: plain(batch))  # a transform hf-fst cannot switch is kept
     assert evaluation_view(custom) == (custom, False) and evaluation_view(data) == (data, False)
 
