@@ -16,6 +16,9 @@ WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 
 
 TEARDOWN_ABORT = "terminate called without an active exception"
+# Two CPU processes over gloo.
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+          "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]  # fmt: skip
 
 
 def _run(cmd: list[str], tmp_path: Path) -> None:
@@ -30,9 +33,7 @@ def _run(cmd: list[str], tmp_path: Path) -> None:
 
 def test_two_process_ddp_matches_gradient_accumulation(tmp_path):
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    _run([*launch, str(WORKER), str(ddp_dir), "1"], tmp_path)
+    _run([*LAUNCH, str(WORKER), str(ddp_dir), "1"], tmp_path)
     _run([sys.executable, str(WORKER), str(single_dir), "2"], tmp_path)
 
     with safe_open(str(ddp_dir / "rank0.safetensors"), "pt") as f:
@@ -57,9 +58,7 @@ def test_two_process_ddp_matches_gradient_accumulation(tmp_path):
 def test_two_process_ddp_leaves_rank_zeros_batchnorm_statistics_on_every_rank(tmp_path):
     """Each rank updates BatchNorm's running statistics from its own half of the batch; after training every rank
     holds rank 0's (which the saved model has), not its own."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    _run([*launch, str(WORKER), str(tmp_path), "1", "resnet"], tmp_path)
+    _run([*LAUNCH, str(WORKER), str(tmp_path), "1", "resnet"], tmp_path)
     rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
     own0, own1 = load_file(tmp_path / "rank0-own.safetensors"), load_file(tmp_path / "rank1-own.safetensors")
     statistics = [n for n in own0 if n.endswith(("running_mean", "running_var"))]

@@ -24,6 +24,13 @@ from hf_fst.tuning.search import (
 )
 
 
+def _separable_rows(n: int, seed: int, spread: float = 4.0) -> list[dict]:
+    """Rows a tiny model learns: the class (0-4) moves the first channel by `spread` per class, centred on 0."""
+    generator = torch.Generator().manual_seed(seed)
+    return [{"pixel_values": torch.randn(3, 16, 16, generator=generator) + torch.tensor([spread * (i % 5) - 2 * spread, 0, 0])[:, None, None],
+             "labels": i % 5} for i in range(n)]  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------ normalised penalty
 def test_normalised_penalty_is_the_raw_one_divided_by_the_head_norm_squared(tmp_path):
     model = tiny_resnet()
@@ -285,9 +292,7 @@ def test_auto_candidates_are_paper_fst_runs_at_normalised_strengths_on_the_tunin
             network.classifier[1].weight.mul_(5.0)
         return network
 
-    generator = torch.Generator().manual_seed(3)  # learnable rows: the class shifts the first channel
-    rows = [{"pixel_values": torch.randn(3, 16, 16, generator=generator) + torch.tensor([i % 5 - 2.0, 0, 0])[:, None, None],
-             "labels": i % 5} for i in range(60)]  # fmt: skip
+    rows = _separable_rows(60, seed=3, spread=1.0)  # learnable rows: the class shifts the first channel
     common = {"num_train_epochs": 4, "per_device_train_batch_size": 16, "learning_rate": 0.05}
     args = fst_args(tmp_path / "auto", fst_alpha="auto", fst_validation_folds=1, **common)
     trainer = FSTTrainer(model=model(), args=args, train_dataset=rows)
@@ -353,13 +358,6 @@ def test_split_and_bisection_edges():
     assert chosen == 3.0 and all(t["within_budget"] for t in tries)
     with pytest.raises(ValueError, match=r"^strengths=\(0\.0, 1\.0\) must be positive and strictly ascending"):
         bisect_strengths((0.0, 1.0), lambda s: 1.0, floor=0.0)
-
-
-def _separable_rows(n: int, seed: int) -> list[dict]:
-    """Rows a tiny model learns: the class moves the first channel far from the others."""
-    generator = torch.Generator().manual_seed(seed)
-    return [{"pixel_values": torch.randn(3, 16, 16, generator=generator) + torch.tensor([4.0 * (i % 5) - 8, 0, 0])[:, None, None],
-             "labels": i % 5} for i in range(n)]  # fmt: skip
 
 
 def test_candidates_use_the_trainers_collator_and_loss(tmp_path):
@@ -428,9 +426,7 @@ def test_no_strength_within_the_budget_keeps_the_weakest_tried_and_reads_tuple_p
 def test_auto_with_folds_pools_every_fold_by_hand(tmp_path):
     """With two folds, each candidate is tuned once per fold (for the final run's steps) and scored on both
     held-out parts pooled; the input model's accuracy is pooled over the same images."""
-    generator = torch.Generator().manual_seed(3)
-    rows = [{"pixel_values": torch.randn(3, 16, 16, generator=generator) + torch.tensor([i % 5 - 2.0, 0, 0])[:, None, None],
-             "labels": i % 5} for i in range(60)]  # fmt: skip
+    rows = _separable_rows(60, seed=3, spread=1.0)
     common = {"num_train_epochs": 2, "per_device_train_batch_size": 16, "learning_rate": 0.05}
     trainer = FSTTrainer(model=tiny_resnet(), args=fst_args(tmp_path / "auto", fst_alpha="auto",
                          fst_validation_folds=2, **common), train_dataset=rows)  # fmt: skip
