@@ -208,13 +208,10 @@ def _correct(trainer: FSTTrainer, dataset: Any, seed: int) -> int:
 
 
 def planned_steps(trainer: FSTTrainer) -> int:
-    """The number of optimizer steps `trainer.train()` will take (as `Trainer` counts them)."""
-    args = trainer.args
-    if args.max_steps > 0:
-        return int(args.max_steps)
-    batches = len(trainer.get_train_dataloader())
-    per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
-    return math.ceil(args.num_train_epochs * per_epoch)
+    """The number of optimizer steps `trainer.train()` will take, counted by the Trainer's own rule."""
+    if trainer.args.max_steps > 0:
+        return int(trainer.args.max_steps)
+    return int(trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1])
 
 
 def search_fst_alpha(
