@@ -17,7 +17,9 @@ clean images with the same settings as the grid's `fst` rows, at several scale-f
 
 `--retuning_attack` also runs the grid's retuning attack (5 poisoned images among the tuning set, see
 `hf_fst.benchmark.retuning`) on each tuned model and records the P-ASR; a run's earlier record without it is
-replaced, since the tuning itself is the same seeded run.
+replaced. Only on the same backdoored model, though: a cache rebuilt on another stack gives a slightly different
+one, and the run refuses (before tuning) when the earlier record's before-metrics differ; pass --results_file to
+keep such runs apart.
 
 The backdoored models come from the strong grid's cache (`benchmarks/cache`), trained there if missing.
 """
@@ -151,11 +153,26 @@ def replace_record(path: Path, record: dict) -> None:
     os.replace(tmp, path)
 
 
+def check_same_model(earlier: dict[tuple, dict], info: dict, keys: list[tuple], results_file: Path) -> None:
+    """Refuse to replace a record made on another backdoored model (its before-metrics differ from this one's)."""
+    for key in keys:
+        old = earlier.get(key)
+        if old is None:
+            continue
+        for name in ("before_clean_accuracy", "before_attack_success_rate"):
+            if old.get(name) != info.get(name):
+                raise ValueError(
+                    f"--results_file={str(results_file)!r} holds {key} from another backdoored model ({name} "
+                    f"{old.get(name)} there, {info.get(name)} now); pass another --results_file to keep the runs apart"
+                )
+
+
 def run(args: argparse.Namespace) -> None:
     dataset, results_file = args.dataset, results_path(args)
     runner = GridRunner(strong_config(dataset, args.data_dir, args.cache_dir))
     retuning_samples = runner.config.retuning_poisoned_samples
-    done = {_key(r) for r in read_records(results_file)
+    earlier = {_key(r): r for r in read_records(results_file)}
+    done = {key for key, r in earlier.items()
             if not args.retuning_attack or r.get("retuning_attack_success_rate") is not None}  # fmt: skip
     for seed in args.seeds:
         for attack in args.attacks:
@@ -165,6 +182,7 @@ def run(args: argparse.Namespace) -> None:
                 if not todo:
                     continue
                 model, evaluation, info = runner.backdoored_model(dataset, attack, rate, seed)
+                check_same_model(earlier, info, [(attack, rate, seed, v, s) for v, s in todo], results_file)
                 retuning = None
                 if args.retuning_attack:
                     poison = runner.attack(dataset, attack, seed)

@@ -192,3 +192,15 @@ def test_variants_p_asr_column_and_record_replacement(tmp_path):
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(r["strength"], r.get("retuning_attack_success_rate")) for r in records] == [(8.0, None), (16.0, 0.4)]
     assert not path.with_suffix(".tmp").exists()
+
+
+def test_variants_refuse_to_replace_a_record_of_another_backdoored_model(tmp_path):
+    variants = load_script("fst_variants")
+    key = ("blended", 0.01, 0, "fst-kd", 16.0)
+    earlier = {key: {"before_clean_accuracy": 0.8633, "before_attack_success_rate": 0.9416}}
+    same = {"before_clean_accuracy": 0.8633, "before_attack_success_rate": 0.9416}
+    variants.check_same_model(earlier, same, [key, ("sig", 0.01, 0, "fst-kd", 16.0)], tmp_path / "v.jsonl")
+    rebuilt = {"before_clean_accuracy": 0.8645, "before_attack_success_rate": 0.9416}
+    with pytest.raises(ValueError, match=r"^--results_file=.*v\.jsonl' holds \('blended', 0\.01, 0, 'fst-kd', 16\.0\) "
+                       r"from another backdoored model \(before_clean_accuracy 0\.8633 there, 0\.8645 now\); pass"):  # fmt: skip
+        variants.check_same_model(earlier, rebuilt, [key], tmp_path / "v.jsonl")
