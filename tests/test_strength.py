@@ -21,6 +21,7 @@ from hf_fst.tuning.search import (
     search_fst_alpha,
     stratified_folds,
     stratified_split,
+    strength_record,
 )
 
 
@@ -44,6 +45,16 @@ def test_normalised_penalty_is_the_raw_one_divided_by_the_head_norm_squared(tmp_
     assert raw.fst_alpha_raw == pytest.approx(0.3) and raw.fst_alpha_normalized == pytest.approx(0.3 * norm2, rel=1e-5)
     assert scaled.fst_alpha_raw == pytest.approx(0.3 / norm2, rel=1e-5)
     assert scaled.fst_alpha_normalized == pytest.approx(0.3, rel=1e-5)
+    # what all_results.json and grid records say about the strength: both units, and no search for a number
+    record = strength_record(raw)
+    assert (
+        set(record) == {"fst_alpha", "fst_alpha_normalized", "fst_alpha_search"} and record["fst_alpha_search"] is None
+    )
+    assert record["fst_alpha"] == pytest.approx(0.3) and record["fst_alpha_normalized"] == pytest.approx(0.3 * norm2)
+    assert strength_record(scaled)["fst_alpha"] == pytest.approx(0.3 / norm2, rel=1e-5)
+    for mode in ("ft", "ft-init", "lp", "fe-tuning"):  # no strength outside FST, even with one configured
+        other = FSTTrainer(model=model, args=fst_args(tmp_path, tuning_mode=mode, fst_alpha=0.3))
+        assert strength_record(other) == {"fst_alpha": None, "fst_alpha_normalized": None, "fst_alpha_search": None}
 
 
 def test_a_normalised_strength_trains_exactly_as_its_paper_alpha(tmp_path):
@@ -221,6 +232,10 @@ def test_auto_searches_deterministically_and_leaves_the_callers_config_alone(tmp
     assert args.fst_alpha == "auto" and trainer.args.fst_alpha == search["chosen"] and trainer.args.normalize_fst_alpha
     assert trainer.fst_alpha_raw == pytest.approx(search["chosen"] / search["head_norm_squared"], rel=1e-6)
     assert "chosen without attack knowledge" in describe_search(search)
+    assert strength_record(trainer) == {
+        "fst_alpha": pytest.approx(search["chosen_alpha"]), "fst_alpha_normalized": pytest.approx(search["chosen"]),
+        "fst_alpha_search": search,
+    }  # fmt: skip
     _, again = _auto(tmp_path, rows)
     again.train()
     assert again.fst_alpha_search.to_dict() == search
@@ -346,6 +361,52 @@ def test_labels_are_read_from_the_raw_column_without_the_transform():
     np.testing.assert_array_equal(dataset_labels(custom.with_transform(transform), "target"), [5, 5, 4, 4, 3, 3])
     rows = [{"pixel_values": torch.zeros(1), "labels": y} for y in (4, 3)]
     np.testing.assert_array_equal(dataset_labels(rows, "labels"), [4, 3])
+
+
+def test_labels_of_a_dataset_that_only_looks_like_a_table_are_read_row_by_row():
+    class Named(list):  # a torch-style dataset that advertises its columns but has no `with_format`
+        column_names = ["pixel_values", "labels"]
+
+    rows = Named({"pixel_values": torch.zeros(1), "labels": y} for y in (2, 0, 1))
+    np.testing.assert_array_equal(dataset_labels(rows, "labels"), [2, 0, 1])
+
+
+def test_index_arrays_stay_integer_even_when_nothing_can_be_held_out():
+    # Every class a singleton: no held-out image, and the tuning part still indexes the labels.
+    keep, held = stratified_split(np.array([3, 1, 2]), 0.2, seed=0)
+    assert held.size == 0 and held.dtype.kind == "i" and keep.dtype.kind == "i"
+    np.testing.assert_array_equal(np.array([3, 1, 2])[keep], [3, 1, 2])
+
+
+def test_unset_folds_count_the_nominal_images_even_below_one_a_fold():
+    # 500 images at fraction 0.001: nominally half an image a fold, so 400 folds would reach 200 images; the
+    # stratified parts (one image of each of the two classes a fold) run out after 250 folds.
+    labels = np.repeat([0, 1], 250)
+    assert automatic_folds(labels, 0.001, seed=0) == 250
+
+
+def test_two_images_are_enough_for_auto_one_to_tune_on_and_one_to_judge(tmp_path):
+    rows = random_image_rows(2, seed=5)
+    rows[1]["labels"] = rows[0]["labels"]
+    _, trainer = _auto(tmp_path, rows, fst_validation_folds=None, max_steps=3)
+    trainer.train()
+    search = trainer.fst_alpha_search
+    # two folds, each tuning on one image and judging on the other, for the user's max_steps
+    assert search.folds == 2 and search.validation_size == 2 and len(search.tries) == 3 and search.steps == 3
+    assert trainer.state.global_step == 3
+
+
+def test_auto_reads_the_first_label_name_when_predictions_carry_several(tmp_path):
+    """With two label names the Trainer's predictions carry a tuple of label arrays; the search scores against the
+    first (the one FSTTrainer trains on), so a second column of other ids changes nothing."""
+    rows = _separable_rows(60, seed=2)
+    tagged = [{**row, "row_id": (row["labels"] + 1 + i) % 5} for i, row in enumerate(rows)]
+    _, plain = _auto(tmp_path / "plain", rows, learning_rate=0.05)
+    _, named = _auto(tmp_path / "named", tagged, learning_rate=0.05, label_names=["labels", "row_id"])
+    plain.train()
+    named.train()
+    first, second = plain.fst_alpha_search.to_dict(), named.fst_alpha_search.to_dict()
+    assert first == second and max(t["validation_accuracy"] for t in first["tries"]) >= 0.5
 
 
 def test_split_and_bisection_edges():

@@ -208,9 +208,8 @@ def _correct(trainer: FSTTrainer, dataset: Any, seed: int) -> int:
 
 
 def planned_steps(trainer: FSTTrainer) -> int:
-    """The number of optimizer steps `trainer.train()` will take, counted by the Trainer's own rule."""
-    if trainer.args.max_steps > 0:
-        return int(trainer.args.max_steps)
+    """The number of optimizer steps `trainer.train()` will take, counted by the Trainer's own rule (which returns
+    `max_steps` itself when it is set)."""
     return int(trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1])
 
 
