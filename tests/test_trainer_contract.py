@@ -608,13 +608,27 @@ def test_model_init_is_refused(tmp_path):
 
 
 @argument("FSDP (fsdp=, an FSDP accelerate config)")
-def test_fsdp_is_refused_before_training(tmp_path):
-    # One CPU process cannot shard: the Trainer refuses here. Under a multi-GPU FSDP launch FSTTrainer's own check
-    # refuses with "FSDP shards the head weight ... run FST with DDP" (accelerate cannot build FSDP on CPUs).
+@pytest.mark.parametrize("mode", ["fst", "ft-init-projected"])
+def test_fsdp_is_refused_before_training(tmp_path, monkeypatch, mode):
+    # The penalty or the projection needs the whole head: refused before the Trainer (or a copy) is built, whether
+    # FSDP comes from fsdp= or from an accelerate FSDP config (which sets ACCELERATE_USE_FSDP).
+    settings = {"tuning_mode": "ft-init", "project_head_norm": True} if mode == "ft-init-projected" else {}
+    refusal = r"^FSDP shards the head weight, .* run FST with DDP \(accelerate launch --multi_gpu\) instead of fsdp="
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")  # restored afterwards: accelerate sets it for the process
+    with pytest.raises(ValueError, match=refusal):
+        FSTTrainer(model=tiny_resnet(), args=make_args(tmp_path, fsdp="full_shard", **settings))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "True")
+    with pytest.raises(ValueError, match=refusal):
+        FSTTrainer(model=tiny_resnet(), args=make_args(tmp_path, **settings))
+
+
+def test_fsdp_without_the_penalty_or_projection_is_left_to_the_trainer(tmp_path, monkeypatch):
+    # Plain fine-tuning shards like any model: FSTTrainer lets it through, and on one CPU process the Trainer
+    # itself refuses (FSDP needs a distributed launch). Its accelerator sets ACCELERATE_USE_FSDP for the whole
+    # process, so the variable is restored afterwards.
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
     with pytest.raises(ValueError, match="fsdp only works in distributed training"):
-        FSTTrainer(
-            model=tiny_resnet(), args=make_args(tmp_path, fsdp="full_shard"), train_dataset=random_image_rows(8)
-        )
+        FSTTrainer(model=tiny_resnet(), args=make_args(tmp_path, tuning_mode="ft", fsdp="full_shard"))
 
 
 @argument("resume_from_checkpoint")

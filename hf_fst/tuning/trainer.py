@@ -32,6 +32,18 @@ FST_STATE_NAME = FST_STATE_FILE
 """File written next to each checkpoint with W0 and ||W0||, so a resumed run continues exactly."""
 
 
+FSDP_REFUSAL = (
+    "FSDP shards the head weight, so the FST penalty and norm projection would see one shard; "
+    "run FST with DDP (accelerate launch --multi_gpu) instead of fsdp= or an FSDP accelerate config"
+)
+
+
+def fsdp_requested(args: FSTConfig) -> bool:
+    """Whether the Trainer would shard the model: `fsdp=` or an `accelerate launch` FSDP config, which sets
+    ACCELERATE_USE_FSDP. Read before the Trainer is built, so the refusal comes before any set-up."""
+    return bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
 class _FSTCallback(TrainerCallback):
     """Projects the head after every optimizer step and stops on a non-finite loss before anything uses it.
 
@@ -109,6 +121,8 @@ class FSTTrainer(Trainer):
             )
         if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
             raise ValueError("train_dataset is empty: tuning on no data would report the input model as purified")
+        if fsdp_requested(args) and (args.uses_fst_penalty or args.projects_head_norm):
+            raise ValueError(FSDP_REFUSAL)
         # Look the head up on the caller's model first: a bad model fails before any copy or set-up.
         self.args = args
         self.head_name, head = self.find_head(model)
@@ -146,10 +160,7 @@ class FSTTrainer(Trainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
         if self.is_fsdp_enabled and (self.args.uses_fst_penalty or self.args.projects_head_norm):
-            raise ValueError(
-                "FSDP shards the head weight, so the FST penalty and norm projection would see one shard; "
-                "run FST with DDP (accelerate launch --multi_gpu) instead of an FSDP config"
-            )
+            raise ValueError(FSDP_REFUSAL)  # FSDP switched on some other way (an accelerate state set up earlier)
         if self.args.searches_fst_alpha and self.args.world_size > 1:
             raise ValueError(
                 "fst_alpha='auto' runs its search in one process; search on one process (or device), then launch the "
