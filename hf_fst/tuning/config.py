@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -259,6 +260,12 @@ class FSTConfig(TrainingArguments):
     def projects_head_norm(self) -> bool:
         """Whether the head weight is projected to ||W0|| after every optimizer step."""
         return self.tuning_mode == "fst" if self.project_head_norm is None else bool(self.project_head_norm)
+
+    @property
+    def requests_fsdp(self) -> bool:
+        """Whether the Trainer would shard the model: `fsdp=`, or an `accelerate launch` FSDP config (which sets
+        ACCELERATE_USE_FSDP). Known before the Trainer is built, so FSTTrainer refuses before any set-up."""
+        return bool(self.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
     @property
     def searches_fst_alpha(self) -> bool:

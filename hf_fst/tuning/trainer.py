@@ -38,12 +38,6 @@ FSDP_REFUSAL = (
 )
 
 
-def fsdp_requested(args: FSTConfig) -> bool:
-    """Whether the Trainer would shard the model: `fsdp=` or an `accelerate launch` FSDP config, which sets
-    ACCELERATE_USE_FSDP. Read before the Trainer is built, so the refusal comes before any set-up."""
-    return bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-
-
 class _FSTCallback(TrainerCallback):
     """Projects the head after every optimizer step and stops on a non-finite loss before anything uses it.
 
@@ -121,7 +115,7 @@ class FSTTrainer(Trainer):
             )
         if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
             raise ValueError("train_dataset is empty: tuning on no data would report the input model as purified")
-        if fsdp_requested(args) and (args.uses_fst_penalty or args.projects_head_norm):
+        if args.requests_fsdp and (args.uses_fst_penalty or args.projects_head_norm):
             raise ValueError(FSDP_REFUSAL)
         # Look the head up on the caller's model first: a bad model fails before any copy or set-up.
         self.args = args
