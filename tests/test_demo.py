@@ -32,9 +32,10 @@ def test_demo_end_to_end(tmp_path, capsys):
     # fine-tuning (84.9% ASR) ...
     assert before["clean_accuracy"] > 0.85 and before["attack_success_rate"] > 0.9
     assert ft["attack_success_rate"] > 0.5
-    # ... paper FST at alpha 0.1 cuts it by more than half (22.5%; 0.0-49.6% over seeds 0-5) at a price (84.4%) ...
+    # ... paper FST at alpha 0.1 cuts it by more than half (22.5%; 0.0-49.6% over seeds 0-5) at a price (84.4%;
+    # 77.1-93.6% over seeds 0-5) that leaves most of the clean accuracy (a 100x stronger alpha leaves 11.8%) ...
     assert fst["attack_success_rate"] < before["attack_success_rate"] / 2
-    assert fst["clean_accuracy"] < before["clean_accuracy"] - 0.02
+    assert 0.7 < fst["clean_accuracy"] < before["clean_accuracy"] - 0.02
     # ... and the 2-point budget pays less (90.7%, within budget + 1 point here) and removes less (63.2%).
     assert fst["clean_accuracy"] < auto["clean_accuracy"] and auto["clean_accuracy"] >= before["clean_accuracy"] - 0.03
     assert fst["attack_success_rate"] < auto["attack_success_rate"] < ft["attack_success_rate"]
