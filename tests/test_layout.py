@@ -101,3 +101,20 @@ def test_no_library_code_names_the_development_data_folder():
         text = path.read_text()
         for needle in ('"shared"', "'shared'", "shared/data", "shared\\\\data"):
             assert needle not in text, f"{path.relative_to(PACKAGE.parent)} names {needle}"
+
+
+def test_the_listed_mutations_still_match_the_source(monkeypatch):
+    """`benchmarks/listed_mutations.py` must mutate code that exists: each original text once, each mutant different."""
+    import importlib.util
+    import sys
+
+    script = PACKAGE.parent / "benchmarks" / "listed_mutations.py"
+    spec = importlib.util.spec_from_file_location("listed_mutations", script)
+    listed = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "listed_mutations", listed)  # dataclasses look their module up there
+    spec.loader.exec_module(listed)
+    assert len(listed.MUTATIONS) == 13 and len({m.name for m in listed.MUTATIONS}) == 13
+    for mutation in listed.MUTATIONS:
+        source = (PACKAGE.parent / mutation.path).read_text()
+        assert source.count(mutation.old) == 1 and mutation.new != mutation.old, mutation.name
+        assert all((PACKAGE.parent / test).is_file() for test in mutation.tests), mutation.name
