@@ -88,9 +88,15 @@ def test_running_a_model_edge_cases():
     # The device argument reaches both passes: inputs on "meta" cannot meet the CPU weights.
     model = _model()
     images = [{"pixel_values": np.zeros((3, 32, 32), np.float32), "labels": 0, "original_label": 1}] * 2
-    for meta_rows in ((images, images), (images[:0], images)):  # the clean pass, then the backdoor pass alone
+    unreadable = [{"labels": 0, "original_label": 1}] * 2  # fails with a ValueError if its pass is reached first
+    for meta_rows in ((images, unreadable), (images[:0], images)):  # the clean pass, then the backdoor pass alone
         with pytest.raises((RuntimeError, NotImplementedError)):
             evaluate_backdoor(model, *meta_rows, device="meta")
+    # Rows without a label (neither `labels` nor `label`) and an empty clean set are refused by name.
+    with pytest.raises(ValueError, match=r"^dataset=: rows have keys \['pixel_values'\] but no 'labels'"):
+        evaluate_backdoor(model, [{"pixel_values": images[0]["pixel_values"]}], images)
+    with pytest.raises(ValueError, match=r"^labels=: is empty; the metric is undefined on an empty set"):
+        evaluate_backdoor(model, images[:0], images)
 
 
 def test_predict_and_evaluate_backdoor_match_a_manual_loop():
@@ -132,6 +138,10 @@ def test_predict_accepts_plain_row_iterables():
         np.testing.assert_array_equal(predict(model, rows, batch_size=batch_size), expected.numpy())
     tensors = [{"pixel_values": torch.from_numpy(r["pixel_values"])} for r in rows]
     np.testing.assert_array_equal(predict(model, tensors, batch_size=2), expected.numpy())
+    # A generator has no length (no progress total), and a numpy-formatted table hands over whole arrays.
+    np.testing.assert_array_equal(predict(model, (r for r in rows), batch_size=2), expected.numpy())
+    table = Dataset.from_dict({"pixel_values": [r["pixel_values"] for r in rows]}).with_format("numpy")
+    np.testing.assert_array_equal(predict(model, table, batch_size=2), expected.numpy())
     with pytest.raises(ValueError, match=r"^batch_size=0: expected a positive int"):
         predict(model, rows, batch_size=0)
     # The device argument is honoured: inputs sent to "meta" cannot meet the CPU weights.
