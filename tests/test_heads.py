@@ -178,3 +178,34 @@ def test_peft_head_is_the_active_adapters_copy():
     assert name.endswith("classifier.modules_to_save.default") and head.out_features == 3
     wrapped.set_adapter("second")
     assert find_linear_head(wrapped)[0].endswith("classifier.modules_to_save.second")
+
+
+class _SingleAdapterWrapper(torch.nn.Module):
+    """The shape of a PEFT `modules_to_save` wrapper from releases that name one `active_adapter` and have no
+    `active_adapters` (the installed PEFT always has the latter, so its real wrapper never reaches this rule)."""
+
+    def __init__(self, active: str):
+        super().__init__()
+        self.original_module = torch.nn.Linear(4, 3)
+        self.modules_to_save = torch.nn.ModuleDict({"default": torch.nn.Linear(4, 3), "second": torch.nn.Linear(4, 3)})
+        self.active_adapter = active
+
+
+class _WrappedClassifier(torch.nn.Module):
+    def __init__(self, active: str):
+        super().__init__()
+        self.body = torch.nn.ReLU()
+        self.classifier = _SingleAdapterWrapper(active)
+
+
+@pytest.mark.parametrize("active", ["default", "second"])
+def test_a_wrapper_with_one_active_adapter_name_trains_that_copy(active):
+    # Nested, and as the model itself (no name prefix): the frozen original and the other copy are never the head.
+    assert find_linear_head(_WrappedClassifier(active))[0] == f"classifier.modules_to_save.{active}"
+    assert find_linear_head(_SingleAdapterWrapper(active))[0] == f"modules_to_save.{active}"
+
+
+def test_a_module_dict_named_modules_to_save_without_an_original_is_not_a_peft_wrapper():
+    model = torch.nn.Module()
+    model.modules_to_save = torch.nn.ModuleDict({"task": torch.nn.Linear(4, 3)})  # a user's own naming
+    assert find_linear_head(model)[0] == "modules_to_save.task"
