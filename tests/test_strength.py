@@ -93,6 +93,7 @@ def test_fst_alpha_from_the_command_line(tmp_path, text, value):
         ("max_accuracy_drop", 0.0, r"^max_accuracy_drop=0\.0 must be a fraction in \(0, 1\); pass e\.g\. .* 0\.02"),
         ("max_accuracy_drop", 2, r"^max_accuracy_drop=2 must be a fraction"),
         ("max_accuracy_drop", -0.01, r"^max_accuracy_drop=-0\.01 must be a fraction"),
+        ("max_accuracy_drop", "0.02", r"^max_accuracy_drop='0\.02' must be a fraction"),  # a quoted YAML value
         ("fst_validation_fraction", 1.0, r"^fst_validation_fraction=1\.0 must be a fraction"),
         ("fst_validation_folds", 0, r"^fst_validation_folds=0 must be an integer >= 1; pass e\.g\. "),
         ("fst_validation_folds", 2.0, r"^fst_validation_folds=2\.0 must be an integer"),

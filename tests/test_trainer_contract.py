@@ -696,6 +696,7 @@ def test_bad_numbers_are_refused_by_name(tmp_path, overrides, message):
         dict(max_steps=-1),
         dict(logging_steps=0.5),
         dict(eval_steps=0),  # a fraction of the run; "as logging"
+        dict(save_total_limit=1),  # the smallest limit that keeps a checkpoint
     ],
 )
 def test_numbers_at_the_edge_of_their_range_are_accepted(tmp_path, overrides):
