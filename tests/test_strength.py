@@ -125,6 +125,12 @@ def test_stratified_split_holds_out_each_class_in_proportion_and_is_seeded():
     assert [int(np.sum(pair[stratified_split(pair, 0.01, 0)[1]] == c)) for c in (0, 1)] == [1, 1]
 
 
+def test_a_blank_head_name_means_find_the_head(tmp_path):
+    # A recipe or YAML field left empty is "no name given", not a layer called "  ".
+    assert FSTConfig(output_dir=str(tmp_path), head_name="  ").head_name is None
+    assert FSTConfig(output_dir=str(tmp_path), head_name="classifier").head_name == "classifier"
+
+
 def test_folds_fit_the_fraction(tmp_path):
     assert FSTConfig(output_dir=str(tmp_path), fst_validation_folds=5).fst_validation_folds == 5  # 5 x 0.2 = 1
     assert FSTConfig(output_dir=str(tmp_path), fst_validation_folds=4, fst_validation_fraction=0.25)
