@@ -262,6 +262,11 @@ class FSTConfig(TrainingArguments):
         return self.tuning_mode == "fst" if self.project_head_norm is None else bool(self.project_head_norm)
 
     @property
+    def reads_whole_head(self) -> bool:
+        """Whether the penalty or the norm projection reads the whole head weight (so it must not be sharded)."""
+        return self.uses_fst_penalty or self.projects_head_norm
+
+    @property
     def requests_fsdp(self) -> bool:
         """Whether the Trainer would shard the model: `fsdp=`, or an `accelerate launch` FSDP config (which sets
         ACCELERATE_USE_FSDP). Known before the Trainer is built, so FSTTrainer refuses before any set-up."""

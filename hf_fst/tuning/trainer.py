@@ -115,7 +115,7 @@ class FSTTrainer(Trainer):
             )
         if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
             raise ValueError("train_dataset is empty: tuning on no data would report the input model as purified")
-        if args.requests_fsdp and (args.uses_fst_penalty or args.projects_head_norm):
+        if args.requests_fsdp and args.reads_whole_head:
             raise ValueError(FSDP_REFUSAL)
         # Look the head up on the caller's model first: a bad model fails before any copy or set-up.
         self.args = args
@@ -153,7 +153,7 @@ class FSTTrainer(Trainer):
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
-        if self.is_fsdp_enabled and (self.args.uses_fst_penalty or self.args.projects_head_norm):
+        if self.is_fsdp_enabled and self.args.reads_whole_head:
             raise ValueError(FSDP_REFUSAL)  # FSDP switched on some other way (an accelerate state set up earlier)
         if self.args.searches_fst_alpha and self.args.world_size > 1:
             raise ValueError(
