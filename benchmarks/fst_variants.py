@@ -21,7 +21,16 @@ replaced. Only on the same backdoored model, though: a cache rebuilt on another 
 one, and the run refuses (before tuning) when the earlier record's before-metrics differ; pass --results_file to
 keep such runs apart.
 
-The backdoored models come from the strong grid's cache (`benchmarks/cache`), trained there if missing.
+The backdoored models come from the strong grid's cache (`benchmarks/cache`), trained there if missing. The
+paper's FST and FT to compare with come from the strong grid's records of the same model; when those records were
+made on another build of it (their before-metrics differ), both are tuned here too, on this model, and recorded
+beside the variants (`variant` "fst (paper alpha)" and "ft"), so a rebuilt model is never compared with another's.
+
+`--budget 0.02` runs each named variant with `fst_alpha="auto"` instead (the strongest strength whose held-out
+accuracy stays within the budget, see `hf_fst.tuning.search`), into benchmarks/results/variants-auto/:
+
+    OMP_NUM_THREADS=1 python benchmarks/fst_variants.py --data_dir $DATA --variants fst-kd --budget 0.02 \
+        --validation_folds 2
 """
 
 from __future__ import annotations
@@ -46,15 +55,25 @@ from hf_fst.benchmark.plots import cell, stats
 from hf_fst.benchmark.records import device_name, head_norm_squared
 from hf_fst.benchmark.retuning import retune, retuning_tensors
 from hf_fst.benchmark.sources import DATASETS
+from hf_fst.benchmark.variants import (
+    PAPER,
+    affordable_table,
+    budget_table,
+    gain_over_fst,
+    is_paper_fst,
+    points,
+    retuned,
+)
+from hf_fst.tuning.search import strength_record
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "variants"  # <dataset>.jsonl
+AUTO_RESULTS = ROOT / "benchmarks" / "results" / "variants-auto"  # <dataset>.jsonl: the variants within a budget
 STRONG = ROOT / "benchmarks" / "results" / "strong"  # the strong grid's records, <dataset>.jsonl
 # Epochs of each data set's kept clean base (BENCHMARKS.md, "Strong-model CPU grid").
 BASE_EPOCHS = {"cifar10": 30, "gtsrb": 20}
 PLOT = ROOT / "benchmarks" / "plots" / "fst_variants_frontier.png"
 MARKERS = ("<!-- variants:begin -->", "<!-- variants:end -->")
-PAPER = "fst (paper alpha)"  # the strong grid's fst rows: the data set's alpha from the paper, raw
 DISTILL_TEMPERATURE = 2.0
 CE_PHASE = {"epochs": 2, "learning_rate": 0.001}
 logger = logging.getLogger("fst_variants")
@@ -117,13 +136,16 @@ def strong_config(dataset: str, data_dir: str | None, cache_dir: str) -> GridCon
     )  # fmt: skip
 
 
-def run_variant(runner: GridRunner, dataset: str, model, variant: str, strength: float, seed: int):
-    """Tune a copy of the backdoored `model` with one variant; returns the tuned model."""
+def run_variant(runner: GridRunner, dataset: str, model, variant: str, strength: float | str, seed: int,
+                **overrides):  # fmt: skip
+    """Tune a copy of the backdoored `model` with one variant; returns the tuned model and what strength it used
+    (`strength` "auto" searches for one, with `overrides` such as `max_accuracy_drop`)."""
     trainer_class = VARIANTS[variant]
     if issubclass(trainer_class, DistillingFST):  # the teacher: the backdoored model itself, frozen
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
         trainer_class = type(f"{trainer_class.__name__}ForModel", (trainer_class,), {"teacher": teacher})
-    tuned = runner.tune(model, dataset, "fst", seed, 1000, strength, trainer_class=trainer_class).model
+    trainer = runner.tune(model, dataset, "fst", seed, 1000, strength, trainer_class=trainer_class, **overrides)
+    tuned, used = trainer.model, strength_record(trainer)
     if variant == "fst-ce":
         data = runner.load(dataset)
         index = runner.tuning_index(dataset, seed, 1000)
@@ -132,12 +154,23 @@ def run_variant(runner: GridRunner, dataset: str, model, variant: str, strength:
             CE_PHASE["learning_rate"], seed, tempfile.mkdtemp(prefix="ce-phase-"), runner.config.tuning_augment,
             DATASETS[dataset]["flip"], tuning_mode="ft",
         ).model  # fmt: skip
-    return tuned
+    return tuned, used
+
+
+def grid_tuned_this_model(strong: list[dict], dataset: str, attack: str, rate: float, seed: int, info: dict) -> bool:
+    """Whether the strong grid's records hold the paper's FST on this very backdoored model (same before-metrics)."""
+    return any(
+        (r["dataset"], r["attack"], r["poison_rate"], r["seed"]) == (dataset, attack, rate, seed) and is_paper_fst(r)
+        and all(r.get(name) == info.get(name) for name in ("before_clean_accuracy", "before_attack_success_rate"))
+        for r in strong
+    )  # fmt: skip
 
 
 def results_path(args: argparse.Namespace) -> Path:
-    """Where the runs of `--dataset` go: `--results_file`, else benchmarks/results/variants/<dataset>.jsonl."""
-    return Path(args.results_file) if args.results_file else RESULTS / f"{args.dataset}.jsonl"
+    """Where the runs of `--dataset` go: `--results_file`, else benchmarks/results/variants[-auto]/<dataset>.jsonl."""
+    if args.results_file:
+        return Path(args.results_file)
+    return (AUTO_RESULTS if args.budget is not None else RESULTS) / f"{args.dataset}.jsonl"
 
 
 def _key(record: dict) -> tuple:
@@ -167,21 +200,42 @@ def check_same_model(earlier: dict[tuple, dict], info: dict, keys: list[tuple], 
                 )
 
 
+def planned(args: argparse.Namespace, attack: str, rate: float, seed: int, done: set) -> list[tuple[str, object]]:
+    """The (variant, strength) runs still to do in a cell: each variant's strengths, or "auto" with `--budget`."""
+    return [(v, s) for v in args.variants
+            for s in (["auto"] if args.budget is not None else DEFAULT_STRENGTHS[v])
+            if (attack, rate, seed, v, s) not in done and (s == "auto" or not args.strengths or s in args.strengths)]  # fmt: skip
+
+
+def tune_reference(runner: GridRunner, dataset: str, model, method: str, seed: int):
+    """The paper's FST (the data set's raw alpha) or FT on `model`, as the strong grid tunes them."""
+    alpha = DATASETS[dataset]["fst_alpha"]
+    mode = "fst" if method == PAPER else "ft"
+    trainer = runner.tune(model, dataset, mode, seed, 1000, alpha, normalize_fst_alpha=False)
+    return trainer.model, strength_record(trainer)
+
+
 def run(args: argparse.Namespace) -> None:
     dataset, results_file = args.dataset, results_path(args)
     runner = GridRunner(strong_config(dataset, args.data_dir, args.cache_dir))
+    strong = read_records(STRONG / f"{dataset}.jsonl")
     retuning_samples = runner.config.retuning_poisoned_samples
     earlier = {_key(r): r for r in read_records(results_file)}
     done = {key for key, r in earlier.items()
             if not args.retuning_attack or r.get("retuning_attack_success_rate") is not None}  # fmt: skip
+    budget = {} if args.budget is None else {"max_accuracy_drop": args.budget,
+                                             "fst_validation_folds": args.validation_folds}  # fmt: skip
     for seed in args.seeds:
         for attack in args.attacks:
             for rate in args.poison_rates:
-                todo = [(v, s) for v in args.variants for s in DEFAULT_STRENGTHS[v]
-                        if (attack, rate, seed, v, s) not in done and (not args.strengths or s in args.strengths)]  # fmt: skip
+                todo = planned(args, attack, rate, seed, done)
                 if not todo:
                     continue
                 model, evaluation, info = runner.backdoored_model(dataset, attack, rate, seed)
+                if args.budget is None and not grid_tuned_this_model(strong, dataset, attack, rate, seed, info):
+                    logger.info("%s %g s%d: the grid's records are of another build of this model; tuning the "
+                                "paper's FST and FT on it here", attack, rate, seed)  # fmt: skip
+                    todo += [(m, None) for m in (PAPER, "ft") if (attack, rate, seed, m, None) not in done]
                 check_same_model(earlier, info, [(attack, rate, seed, v, s) for v, s in todo], results_file)
                 retuning = None
                 if args.retuning_attack:
@@ -193,10 +247,13 @@ def run(args: argparse.Namespace) -> None:
                     )
                 for variant, strength in todo:
                     start = time.perf_counter()
-                    tuned = run_variant(runner, dataset, model, variant, strength, seed)
+                    if variant in (PAPER, "ft"):
+                        tuned, used = tune_reference(runner, dataset, model, variant, seed)
+                    else:
+                        tuned, used = run_variant(runner, dataset, model, variant, strength, seed, **budget)
                     record = {
                         "dataset": dataset, "model": runner.config.model, "attack": attack, "poison_rate": rate,
-                        "seed": seed, "variant": variant, "strength": strength,
+                        "seed": seed, "variant": variant, "strength": strength, **used, **budget,
                         "distill_temperature": DISTILL_TEMPERATURE if variant.endswith("-kd") else None,
                         "ce_phase": CE_PHASE if variant == "fst-ce" else None,
                         "tuning_seconds": round(time.perf_counter() - start, 3),
@@ -210,50 +267,12 @@ def run(args: argparse.Namespace) -> None:
                         record["retuning_attack_success_rate"] = after["attack_success_rate"]
                         record["retuning_clean_accuracy"] = after["clean_accuracy"]
                     replace_record(results_file, record)
-                    logger.info("%s %g s%d %s %g: C-Acc %.4f ASR %.4f P-ASR %s", attack, rate, seed, variant, strength,
-                                record["clean_accuracy"], record["attack_success_rate"],
-                                record.get("retuning_attack_success_rate"))  # fmt: skip
+                    logger.info("%s %g s%d %s %s: C-Acc %.4f ASR %.4f P-ASR %s (s = %s)", attack, rate, seed, variant,
+                                strength, record["clean_accuracy"], record["attack_success_rate"],
+                                record.get("retuning_attack_success_rate"), record["fst_alpha_normalized"])  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ render
-def points(records: list[dict], strong: list[dict]) -> dict[tuple[str, str, float], dict[tuple[str, str], list[dict]]]:
-    """Records by cell (data set, attack, rate) and method (variant, strength label); the paper's FST and FT come
-    from the strong grid, on the seeds the variants ran."""
-    cells: dict[tuple[str, str, float], dict[tuple[str, str], list[dict]]] = {}
-    seeds = {(r["dataset"], r["attack"], r["poison_rate"], r["seed"]) for r in records}
-    for r in records:
-        cells.setdefault((r["dataset"], r["attack"], r["poison_rate"]), {}).setdefault(
-            (r["variant"], f"{r['strength']:g}"), []
-        ).append(r)
-    for r in strong:
-        if (r["dataset"], r["attack"], r["poison_rate"], r["seed"]) not in seeds:
-            continue
-        alpha = r.get("fst_alpha")
-        paper = isinstance(alpha, float) and math.isclose(alpha, DATASETS[r["dataset"]]["fst_alpha"])
-        if (r["tuning_mode"] == "fst" and paper and not r.get("normalize_fst_alpha")) or r["tuning_mode"] == "ft":
-            label = (PAPER, "paper") if r["tuning_mode"] == "fst" else ("ft", "-")
-            cells[(r["dataset"], r["attack"], r["poison_rate"])].setdefault(label, []).append(r)
-    return cells
-
-
-def gain_over_fst(curve: list[tuple[float, float]], asr: float) -> float | None:
-    """FST's C-Acc at `asr`, linearly interpolated along its strengths; None outside the range FST covers."""
-    xs, ys = zip(*sorted(curve), strict=True)
-    if not xs[0] <= asr <= xs[-1]:
-        return None
-    return float(np.interp(asr, xs, ys))
-
-
-def retuned(rows: list[dict]) -> str:
-    """The P-ASR after the retuning attack over the seeds that ran it (blank if none did), naming their count when
-    that is not every seed."""
-    attacked = [r for r in rows if r.get("retuning_attack_success_rate") is not None]
-    if not attacked:
-        return ""
-    text = cell(attacked, "retuning_attack_success_rate")
-    return text if len(attacked) == len(rows) else f"{text} ({len(attacked)} of {len(rows)} seeds)"
-
-
 def render(args: argparse.Namespace) -> None:
     import matplotlib
 
@@ -322,6 +341,14 @@ def render(args: argparse.Namespace) -> None:
                for (variant, label), won in sorted(wins.items()) if any(won)]  # fmt: skip
     lines += ["", "Dominates the paper's FST (mean over the seeds; equal or lower ASR, higher C-Acc): "
               + ("; ".join(overall) if overall else "no variant in any cell") + "."]  # fmt: skip
+    lines += ["", f"What a {100 * args.render_budget:g}-point budget buys at best: the strongest strength of each variant "
+              "whose mean C-Acc drop on the test split is within it (an exact estimate of the drop; `auto` has to "
+              "estimate it on held-out tuning images).", "", *affordable_table(cells, args.render_budget)]  # fmt: skip
+    auto = [r for path in sorted(AUTO_RESULTS.glob("*.jsonl")) for r in read_records(path)]
+    table = budget_table(auto, strong)
+    if table:
+        lines += ["", "Within a budget (`fst_alpha=auto`): the variant's search against FST's, on the same backdoored "
+                  "models; chosen s by seed, C-Acc change on the test split.", "", *table]  # fmt: skip
     text = "\n".join(lines)
     target = ROOT / "BENCHMARKS.md"
     document = target.read_text()
@@ -346,8 +373,26 @@ def main() -> None:
     parser.add_argument("--results_file", default=None, help="Default: benchmarks/results/variants/<dataset>.jsonl.")
     parser.add_argument("--cache_dir", default=str(ROOT / "benchmarks" / "cache"))
     parser.add_argument("--retuning_attack", action="store_true", help="Also run the retuning attack (P-ASR).")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="Run each variant with fst_alpha='auto' within this accuracy drop (a fraction, e.g. 0.02).",
+    )
+    parser.add_argument(
+        "--validation_folds",
+        type=int,
+        default=None,
+        help="With --budget: held-out folds per candidate (default: the library's automatic rule).",
+    )
     parser.add_argument("--render", action="store_true", help="Render the table and plot from the records.")
+    parser.add_argument("--render_budget", type=float, default=0.02, help="With --render: the budget of the table "
+                        "of the strongest strength within it on the test split.")  # fmt: skip
     args = parser.parse_args()
+    if args.budget is not None and not 0 < args.budget < 1:
+        parser.error(f"--budget {args.budget:g}: the accuracy drop is a fraction in (0, 1), e.g. 0.02 for 2 points")
+    if args.validation_folds is not None and args.budget is None:
+        parser.error("--validation_folds applies only to a search: pass --budget as well, e.g. --budget 0.02")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("hf_fst").setLevel(logging.WARNING)
     if args.render:

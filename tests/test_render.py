@@ -177,6 +177,106 @@ def test_variants_compare_with_the_paper_alpha_of_each_data_set():
     assert len(gtsrb[("fst-kd", "16")]) == 1
 
 
+def test_variants_compare_a_rebuilt_model_with_references_tuned_on_it():
+    variants = load_script("fst_variants")
+    model = {"before_clean_accuracy": 0.97, "before_attack_success_rate": 0.96}
+    rebuilt = {"before_clean_accuracy": 0.96, "before_attack_success_rate": 0.96}
+
+    def row(seed, **extra):
+        return {"dataset": "gtsrb", "attack": "blended", "poison_rate": 0.01, "seed": seed, **model, **extra}
+
+    grid = [row(0, tuning_mode="fst", fst_alpha=0.1, clean_accuracy=0.91),
+            row(1, tuning_mode="fst", fst_alpha=0.1, clean_accuracy=0.92), row(1, tuning_mode="ft", fst_alpha=0.1)]  # fmt: skip
+    assert variants.grid_tuned_this_model(grid, "gtsrb", "blended", 0.01, 1, model)
+    assert not variants.grid_tuned_this_model(grid, "gtsrb", "blended", 0.01, 1, rebuilt)  # another build
+    assert not variants.grid_tuned_this_model(grid, "gtsrb", "blended", 0.01, 2, model)  # a seed the grid lacks
+    assert not variants.grid_tuned_this_model(grid, "gtsrb", "sig", 0.01, 1, model)
+    scale_free = [row(1, tuning_mode="fst", fst_alpha=0.1, normalize_fst_alpha=True)]
+    assert not variants.grid_tuned_this_model(scale_free, "gtsrb", "blended", 0.01, 1, model)
+    assert not variants.grid_tuned_this_model([row(1, tuning_mode="fst", fst_alpha=0.2)], "gtsrb", "blended", 0.01, 1,
+                                              model)  # fmt: skip
+
+    # Seed 0 rebuilt: its paper FST and FT were tuned beside the variants and replace the grid's; seed 1 uses the grid's.
+    records = [row(0, variant="fst-kd", strength=16.0), row(1, variant="fst-kd", strength=16.0),
+               row(0, variant=variants.PAPER, strength=None, clean_accuracy=0.95),
+               row(0, variant="ft", strength=None)]  # fmt: skip
+    cells = variants.points(records, grid)[("gtsrb", "blended", 0.01)]
+    assert sorted(cells) == [(variants.PAPER, "paper"), ("fst-kd", "16"), ("ft", "-")]
+    paper = sorted(cells[(variants.PAPER, "paper")], key=lambda r: r["seed"])
+    assert [(r["seed"], r["clean_accuracy"]) for r in paper] == [(0, 0.95), (1, 0.92)]
+    assert [r["seed"] for r in cells[("ft", "-")]] == [0, 1]
+
+
+def test_variants_plan_strengths_or_one_search_within_a_budget():
+    variants = load_script("fst_variants")
+    args = variants.argparse.Namespace(variants=["fst", "fst-kd"], strengths=[4.0, 16.0], budget=None)
+    done = {("sig", 0.01, 0, "fst-kd", 16.0)}
+    assert variants.planned(args, "sig", 0.01, 0, done) == [("fst", 4.0), ("fst-kd", 4.0)]
+    assert variants.planned(args, "sig", 0.01, 1, done) == [("fst", 4.0), ("fst-kd", 4.0), ("fst-kd", 16.0)]
+    args.budget = 0.02  # one search per variant, whatever the strengths
+    assert variants.planned(args, "sig", 0.01, 0, {("sig", 0.01, 0, "fst", "auto")}) == [("fst-kd", "auto")]
+
+
+def test_variants_within_a_budget_beside_the_grids_search_on_the_same_models():
+    variants = load_script("fst_variants")
+
+    def row(seed, acc, asr, s, met, before=0.86, **extra):
+        return {"dataset": "cifar10", "attack": "sig", "poison_rate": 0.01, "seed": seed, "max_accuracy_drop": 0.02,
+                "before_clean_accuracy": before, "before_attack_success_rate": 0.7, "clean_accuracy": acc,
+                "attack_success_rate": asr, "fst_alpha_normalized": s, "fst_alpha_search": {"budget_met": met},
+                **extra}  # fmt: skip
+
+    grid = [row(0, 0.84, 0.40, 0.25, False, tuning_mode="fst"), row(1, 0.85, 0.30, 1.0, True, tuning_mode="fst"),
+            row(2, 0.80, 0.02, 8.0, True, before=0.85, tuning_mode="fst"),  # another build of seed 2's model
+            row(1, 0.85, 0.30, 1.0, True, tuning_mode="fst", max_accuracy_drop=0.05),  # another budget
+            {**row(1, 0.80, 0.01, 5.8, True, tuning_mode="fst"), "fst_alpha_search": None}]  # paper FST: no search  # fmt: skip
+    auto = [row(0, 0.845, 0.20, 4.0, True, variant="fst-kd"), row(1, 0.855, 0.10, 8.0, True, variant="fst-kd"),
+            row(2, 0.85, 0.05, 16.0, True, variant="fst-kd")]  # fmt: skip
+    lines = variants.budget_table(auto, grid)
+    assert lines[2:] == [
+        "| cifar10 sig 0.01 | 2 | 2 | fst (auto) | 0.25, 1 | -1.5 ± 0.7 | 35.0 ± 7.1 | 1 of 2 |",
+        "| cifar10 sig 0.01 | 2 | 2 | fst-kd (auto) | 4, 8 | -1.0 ± 0.7 | 15.0 ± 7.1 | 2 of 2 |",
+    ]
+    assert variants.budget_table(auto[2:], grid) == []  # no seed with both searches on one model: no table
+    # FST's own search run beside the variant replaces the grid's on that model.
+    beside = [{**row(1, 0.83, 0.05, 2.0, True), "variant": "fst"}]
+    assert variants.budget_table(auto + beside, grid)[2:] == [
+        "| cifar10 sig 0.01 | 2 | 2 | fst (auto) | 0.25, 2 | -2.5 ± 0.7 | 22.5 ± 24.7 | 1 of 2 |",
+        "| cifar10 sig 0.01 | 2 | 2 | fst-kd (auto) | 4, 8 | -1.0 ± 0.7 | 15.0 ± 7.1 | 2 of 2 |",
+    ]
+
+
+def test_variants_strongest_strength_a_budget_buys_on_the_test_split():
+    variants = load_script("fst_variants")
+
+    def rows(*pairs):  # (C-Acc after, ASR) per seed, each from 0.86 before
+        return [{"seed": i, "before_clean_accuracy": 0.86, "clean_accuracy": acc, "attack_success_rate": asr}
+                for i, (acc, asr) in enumerate(pairs)]  # fmt: skip
+
+    cells = {
+        ("cifar10", "sig", 0.01): {
+            ("fst", "2"): rows((0.845, 0.30)),
+            ("fst", "4"): rows((0.83, 0.10), (0.84, 0.20)),  # 2.5 points on average: over a 2-point budget
+            ("fst-kd", "8"): rows((0.85, 0.10), (0.84, 0.14)),  # exactly 2 points for one seed, 1.5 on average
+            ("fst-kd", "16"): rows((0.82, 0.01)),
+            (variants.PAPER, "paper"): rows((0.85, 0.0)),  # not a variant: never chosen
+        },
+        ("gtsrb", "blended", 0.01): {("fst", "2"): rows((0.83, 0.0))},
+    }
+    assert variants.affordable_table(cells, 0.02)[2:] == [
+        "| cifar10 sig 0.01 | fst | 2 | 1 | -1.5 | 30.0 |",
+        "| cifar10 sig 0.01 | fst-kd | 8 | 2 | -1.5 ± 0.7 | 12.0 ± 2.8 |",
+        "| gtsrb blended 0.01 | fst | none (s = 2 costs -3.0) | | | |",
+    ]
+    exact = {("gtsrb", "sig", 0.005): {("fst", "2"): [{"before_clean_accuracy": 0.5, "clean_accuracy": 0.25,
+                                                     "attack_success_rate": 0.5}]}}  # fmt: skip
+    assert variants.affordable_table(exact, 0.25)[2] == "| gtsrb sig 0.005 | fst | 2 | 1 | -25.0 | 50.0 |"  # the bound
+    assert variants.affordable_table(cells, 0.03)[2:4] == [
+        "| cifar10 sig 0.01 | fst | 4 | 2 | -2.5 ± 0.7 | 15.0 ± 7.1 |",
+        "| cifar10 sig 0.01 | fst-kd | 8 | 2 | -1.5 ± 0.7 | 12.0 ± 2.8 |",
+    ]
+
+
 def test_variants_p_asr_column_and_record_replacement(tmp_path):
     variants = load_script("fst_variants")
     rows = [{"retuning_attack_success_rate": 0.5}, {"retuning_attack_success_rate": 0.7}, {}]
