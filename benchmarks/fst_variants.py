@@ -29,7 +29,7 @@ beside the variants (`variant` "fst (paper alpha)" and "ft"), so a rebuilt model
 `--budget 0.02` runs each named variant with `fst_alpha="auto"` instead (the strongest strength whose held-out
 accuracy stays within the budget, see `hf_fst.tuning.search`), into benchmarks/results/variants-auto/:
 
-    OMP_NUM_THREADS=1 python benchmarks/fst_variants.py --data_dir $DATA --variants fst-kd --budget 0.02 \
+    OMP_NUM_THREADS=1 python benchmarks/fst_variants.py --data_dir $DATA --variants fst-kd --budget 0.02 \\
         --validation_folds 2
 """
 
@@ -50,9 +50,10 @@ import torch
 import torch.nn.functional as F
 
 from hf_fst import FSTTrainer
-from hf_fst.benchmark import GridConfig, GridRunner, read_records
+from hf_fst.benchmark import GridRunner, read_records
+from hf_fst.benchmark.config import add_strong_cell_arguments, strong_grid_config
 from hf_fst.benchmark.plots import cell, stats
-from hf_fst.benchmark.records import device_name, head_norm_squared
+from hf_fst.benchmark.records import device_name, head_norm_squared, replace_section
 from hf_fst.benchmark.retuning import retune, retuning_tensors
 from hf_fst.benchmark.sources import DATASETS
 from hf_fst.benchmark.variants import (
@@ -70,8 +71,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "variants"  # <dataset>.jsonl
 AUTO_RESULTS = ROOT / "benchmarks" / "results" / "variants-auto"  # <dataset>.jsonl: the variants within a budget
 STRONG = ROOT / "benchmarks" / "results" / "strong"  # the strong grid's records, <dataset>.jsonl
-# Epochs of each data set's kept clean base (BENCHMARKS.md, "Strong-model CPU grid").
-BASE_EPOCHS = {"cifar10": 30, "gtsrb": 20}
 PLOT = ROOT / "benchmarks" / "plots" / "fst_variants_frontier.png"
 MARKERS = ("<!-- variants:begin -->", "<!-- variants:end -->")
 DISTILL_TEMPERATURE = 2.0
@@ -124,16 +123,6 @@ VARIANTS: dict[str, type[FSTTrainer]] = {"fst": FSTTrainer, "fst-decay": Decayin
 """The variants as `FSTTrainer` subclasses: none is an `FSTConfig` option, since none dominated the paper's FST."""
 DEFAULT_STRENGTHS = {"fst": [2.0, 4.0, 8.0], "fst-decay": [4.0, 8.0, 16.0], "fst-orth": [4.0, 16.0],
                      "fst-kd": [4.0, 8.0, 16.0, 32.0], "fst-ce": [4.0, 8.0], "fst-decay-kd": [8.0, 16.0, 32.0]}  # fmt: skip
-
-
-def strong_config(dataset: str, data_dir: str | None, cache_dir: str) -> GridConfig:
-    """The strong grid's settings for `dataset` (see BENCHMARKS.md, "Strong-model CPU grid")."""
-    return GridConfig(
-        datasets=[dataset], attacks=["blended"], model="preact-resnet-18-w0.25", data_dir=data_dir,
-        backdoor_augment=True, base_epochs=BASE_EPOCHS[dataset], base_learning_rate=0.05, backdoor_epochs=5,
-        backdoor_learning_rate=0.02, num_tuning_samples=1000, normalize_fst_alpha=True, cache_dir=cache_dir,
-        disable_tqdm=True,
-    )  # fmt: skip
 
 
 def run_variant(runner: GridRunner, dataset: str, model, variant: str, strength: float | str, seed: int,
@@ -217,7 +206,7 @@ def tune_reference(runner: GridRunner, dataset: str, model, method: str, seed: i
 
 def run(args: argparse.Namespace) -> None:
     dataset, results_file = args.dataset, results_path(args)
-    runner = GridRunner(strong_config(dataset, args.data_dir, args.cache_dir))
+    runner = GridRunner(strong_grid_config(dataset, args.data_dir, args.cache_dir))
     strong = read_records(STRONG / f"{dataset}.jsonl")
     retuning_samples = runner.config.retuning_poisoned_samples
     earlier = {_key(r): r for r in read_records(results_file)}
@@ -350,28 +339,19 @@ def render(args: argparse.Namespace) -> None:
         lines += ["", "Within a budget (`fst_alpha=auto`): the variant's search against FST's, on the same backdoored "
                   "models; chosen s by seed, C-Acc change on the test split.", "", *table]  # fmt: skip
     text = "\n".join(lines)
-    target = ROOT / "BENCHMARKS.md"
-    document = target.read_text()
-    if MARKERS[0] in document:
-        before, rest = document.split(MARKERS[0], 1)
-        after = rest.split(MARKERS[1], 1)[1]
-        body = f"{MARKERS[0]}\n<!-- Rendered by `python benchmarks/fst_variants.py --render`. -->\n\n{text}\n\n"
-        body += f"![FST variants](benchmarks/plots/{PLOT.name})\n{MARKERS[1]}"
-        target.write_text(before + body + after)
+    note = "<!-- Rendered by `python benchmarks/fst_variants.py --render`. -->"
+    replace_section(
+        ROOT / "BENCHMARKS.md", MARKERS, f"{note}\n\n{text}\n\n![FST variants](benchmarks/plots/{PLOT.name})"
+    )
     print(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=None, help="Folder with cifar10-jpeg/, gtsrb-32/ (default: the Hub).")
-    parser.add_argument("--dataset", default="cifar10", choices=sorted(BASE_EPOCHS))
-    parser.add_argument("--attacks", nargs="+", default=["blended", "sig", "lc"])
-    parser.add_argument("--poison_rates", nargs="+", type=float, default=[0.01])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    add_strong_cell_arguments(parser, str(ROOT / "benchmarks" / "cache"))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--strengths", nargs="+", type=float, default=None, help="Only these of each variant's.")
     parser.add_argument("--results_file", default=None, help="Default: benchmarks/results/variants/<dataset>.jsonl.")
-    parser.add_argument("--cache_dir", default=str(ROOT / "benchmarks" / "cache"))
     parser.add_argument("--retuning_attack", action="store_true", help="Also run the retuning attack (P-ASR).")
     parser.add_argument(
         "--budget",

@@ -10,6 +10,7 @@ import torch
 from shared_data import CIFAR, cifar_data_dir
 
 from hf_fst.benchmark import GridConfig, GridRunner, read_records
+from hf_fst.benchmark.config import strong_grid_config
 from hf_fst.benchmark.grid import dataset_source
 from hf_fst.benchmark.tensors import PIXEL_MEAN, PIXEL_STD, AugmentingCollator
 from hf_fst.tuning import FSTTrainer
@@ -31,6 +32,7 @@ def test_grid_writes_records_and_resumes(tmp_path):
         results_file=str(tmp_path / "results.jsonl"),
         cache_dir=str(tmp_path / "cache"),
     )
+    assert not GridRunner(config).has_backdoored_model("cifar10", "badnet", 0.1, 0)
     written = GridRunner(config).run()
     assert [r["tuning_mode"] for r in written] == ["ft", "fst"]
     records = read_records(config.results_file)
@@ -50,6 +52,23 @@ def test_grid_writes_records_and_resumes(tmp_path):
     more = GridRunner(config).run()
     assert [r["tuning_mode"] for r in more] == ["lp"]
     assert more[0]["before_attack_success_rate"] == records[0]["before_attack_success_rate"]
+
+    # Tuning on test images the model never saw: the draw is from the test split, its images and labels are used.
+    runner = GridRunner(config)
+    assert runner.has_backdoored_model("cifar10", "badnet", 0.1, 0)
+    assert not runner.has_backdoored_model("cifar10", "badnet", 0.1, 1) and not runner.has_backdoored_model(
+        "cifar10", "blended", 0.1, 0
+    )
+    model, _, _ = runner.backdoored_model("cifar10", "badnet", 0.1, 0)
+    data = runner.load("cifar10")
+    index = runner.tuning_index("cifar10", 0, 150, "test")
+    assert len(index) == 150 and int(index.max()) < 200 and len(set(index.tolist())) == 150
+    assert not torch.equal(index, runner.tuning_index("cifar10", 0, 150))  # another split, another draw
+    trainer = runner.tune(model, "cifar10", "ft", 0, 150, 0.2, source="test")
+    assert torch.equal(trainer.train_dataset.images, data["test_images"][index])
+    assert trainer.train_dataset.labels.tolist() == data["test_labels"][index.numpy()].tolist()
+    with pytest.raises(ValueError, match="source: 'validation'"):
+        runner.tuning_index("cifar10", 0, 10, "validation")
 
 
 def test_bad_grid_config():
@@ -240,3 +259,12 @@ def test_grid_fits_lf_and_trojannn_triggers_on_its_clean_model_once(tmp_path):
     config.tuning_modes = ["ft", "lp"]
     GridRunner(config).run()
     assert [p.stat().st_mtime_ns for p in triggers] == stamps  # fitted once, then read back
+
+
+def test_strong_grid_settings_are_shared_by_the_studies_on_its_models():
+    config = strong_grid_config("gtsrb", "data", "cache", seeds=[2])
+    assert (config.datasets, config.base_epochs, config.num_tuning_samples, config.seeds) == (["gtsrb"], 20, 1000, [2])
+    assert config.backdoor_augment and config.tuning_augment and config.model == "preact-resnet-18-w0.25"
+    assert strong_grid_config("cifar10", None, "cache").base_epochs == 30
+    with pytest.raises(ValueError, match="dataset: 'mnist' has no strong-grid base"):
+        strong_grid_config("mnist", None, "cache")

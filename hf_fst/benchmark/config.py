@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +12,10 @@ from hf_fst.benchmark.sources import DATASETS
 from hf_fst.tuning import TUNING_MODES
 from hf_fst.tuning.config import parse_fst_alpha
 
-__all__ = ["GridConfig"]
+__all__ = ["STRONG_BASE_EPOCHS", "GridConfig", "add_strong_cell_arguments", "strong_grid_config"]
+
+# Epochs of each data set's kept clean base in the strong-model grid (BENCHMARKS.md, "Strong-model CPU grid").
+STRONG_BASE_EPOCHS = {"cifar10": 30, "gtsrb": 20}
 
 
 @dataclass
@@ -111,3 +115,27 @@ class GridConfig:
         if self.base_epochs is None:
             return None
         return {"epochs": self.base_epochs, "learning_rate": self.base_learning_rate, "seed": self.base_seed}
+
+
+def strong_grid_config(dataset: str, data_dir: str | None, cache_dir: str, **changes: Any) -> GridConfig:
+    """The strong-model grid's settings for `dataset`, so that the studies built on its models (FST variants,
+    tuning on unseen images) train and tune exactly as it did and find its cached models."""
+    if dataset not in STRONG_BASE_EPOCHS:
+        raise ValueError(f"dataset: {dataset!r} has no strong-grid base; use one of {', '.join(STRONG_BASE_EPOCHS)}")
+    settings: dict[str, Any] = {
+        "datasets": [dataset], "attacks": ["blended"], "model": "preact-resnet-18-w0.25", "data_dir": data_dir,
+        "backdoor_augment": True, "base_epochs": STRONG_BASE_EPOCHS[dataset], "base_learning_rate": 0.05,
+        "backdoor_epochs": 5, "backdoor_learning_rate": 0.02, "num_tuning_samples": 1000, "normalize_fst_alpha": True,
+        "cache_dir": cache_dir, "disable_tqdm": True,
+    }  # fmt: skip
+    return GridConfig(**{**settings, **changes})
+
+
+def add_strong_cell_arguments(parser: argparse.ArgumentParser, cache_dir: str) -> None:
+    """The flags that pick strong-grid cells, shared by the studies run on its models."""
+    parser.add_argument("--data_dir", default=None, help="Folder with cifar10-jpeg/, gtsrb-32/ (default: the Hub).")
+    parser.add_argument("--dataset", default="cifar10", choices=sorted(STRONG_BASE_EPOCHS))
+    parser.add_argument("--attacks", nargs="+", default=["blended", "sig", "lc"])
+    parser.add_argument("--poison_rates", nargs="+", type=float, default=[0.01])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--cache_dir", default=cache_dir, help="The strong grid's cache of backdoored models.")

@@ -145,11 +145,15 @@ class GridRunner:
         trainer.model.cpu().eval()
         return trainer
 
-    def _cached(self, key: str, build) -> tuple[PreTrainedModel, dict[str, Any]]:
-        folder = Path(self.config.cache_dir) / key
+    def _folder(self, key: str) -> Path:
+        """Where the model `key` is or will be: the kept models' folder if it holds it, else the cache."""
         kept = Path(self.config.kept_models_dir) / key if self.config.kept_models_dir else None
         if kept is not None and (kept / "info.json").is_file():
-            folder = kept
+            return kept
+        return Path(self.config.cache_dir) / key
+
+    def _cached(self, key: str, build) -> tuple[PreTrainedModel, dict[str, Any]]:
+        folder = self._folder(key)
         if (folder / "info.json").is_file():
             model = model_class_for(self.config.model).from_pretrained(folder, use_safetensors=True).eval()
             return model, json.loads((folder / "info.json").read_text())
@@ -226,6 +230,14 @@ class GridRunner:
             params["pixel_mean"], params["pixel_std"] = [PIXEL_MEAN] * 3, [PIXEL_STD] * 3
         return get_attack(attack_name, **params)
 
+    def _backdoor_key(self, dataset_name: str, attack_name: str, rate: float, seed: int) -> str:
+        tag = self._training_tag(self.load(dataset_name))
+        return f"{dataset_name}-{self.config.model}-{attack_name}-r{rate:g}-s{seed}-{tag}"
+
+    def has_backdoored_model(self, dataset_name: str, attack_name: str, rate: float, seed: int) -> bool:
+        """Whether the cell's backdoored model is already trained (the key includes the data's path as given)."""
+        return (self._folder(self._backdoor_key(dataset_name, attack_name, rate, seed)) / "info.json").is_file()
+
     def backdoored_model(self, dataset_name: str, attack_name: str, rate: float, seed: int):
         """The backdoored model of a cell, its evaluation sets and its before-metrics (trained once, cached)."""
         data = self.load(dataset_name)
@@ -240,7 +252,7 @@ class GridRunner:
             backdoor_labels=np.asarray(backdoor_test[data["label_column"]]),
             backdoor_original_labels=np.asarray(backdoor_test["original_label"]),
         )
-        key = f"{dataset_name}-{self.config.model}-{attack_name}-r{rate:g}-s{seed}-{self._training_tag(data)}"
+        key = self._backdoor_key(dataset_name, attack_name, rate, seed)
 
         def build():
             poisoned = poison_dataset(data["train"], attack, rate, seed=seed)
@@ -349,19 +361,23 @@ class GridRunner:
         count: int,
         alpha: float | str,
         trainer_class: type[FSTTrainer] = FSTTrainer,
+        source: str = "train",
         **overrides: Any,
     ) -> FSTTrainer:
-        """Tune a copy of `model` on `count` clean training images drawn with `seed` (the same draw for every mode).
+        """Tune a copy of `model` on `count` clean images of the `source` split drawn with `seed` (the same draw
+        for every mode).
 
-        `overrides` replace the grid's tuning settings (e.g. `normalize_fst_alpha`) for a study of variants.
+        `overrides` replace the grid's tuning settings (e.g. `normalize_fst_alpha`) for a study of variants;
+        `source="test"` tunes on images the backdoored model never saw (then score it without them, see
+        `EvaluationSets.excluding`).
         """
         data = self.load(dataset_name)
         epochs, _ = self.settings(dataset_name)
-        index = self.tuning_index(dataset_name, seed, count)
+        index = self.tuning_index(dataset_name, seed, count, source)
         return self.train_model(
             model,
-            data["train_images"][index],
-            data["train_labels"][index],
+            data[f"{source}_images"][index],
+            torch.as_tensor(np.asarray(data[f"{source}_labels"])[index.numpy()]),
             epochs,
             self.config.tuning_learning_rate,
             seed,
@@ -380,10 +396,12 @@ class GridRunner:
             },
         )
 
-    def tuning_index(self, dataset_name: str, seed: int, count: int) -> torch.Tensor:
-        """The cell's clean tuning images: `count` drawn with `seed`, the same for every mode."""
-        train = self.load(dataset_name)["train"]
-        return torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(train))[:count]))
+    def tuning_index(self, dataset_name: str, seed: int, count: int, source: str = "train") -> torch.Tensor:
+        """The cell's clean tuning images in the `source` split: `count` drawn with `seed`, the same for every mode."""
+        if source not in ("train", "test"):
+            raise ValueError(f"source: {source!r} is not a split the grid holds; use 'train' or 'test'")
+        split = self.load(dataset_name)[source]
+        return torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(split))[:count]))
 
     def _describe(self, dataset_name, attack_name, rate, seed, mode, epochs, alpha, data_size) -> dict[str, Any]:
         data = self.load(dataset_name)

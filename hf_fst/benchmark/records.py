@@ -97,3 +97,17 @@ def device_name() -> str:
 def head_norm_squared(model: nn.Module) -> float:
     """||W0||^2 of the backdoored model's head weight: the scale of the penalty alpha * <W, W0>."""
     return float(find_linear_head(model)[1].weight.detach().double().pow(2).sum())
+
+
+def replace_section(path: str | os.PathLike, markers: tuple[str, str], text: str) -> bool:
+    """Put `text` between the two marker lines of a document, keeping the hand-written rest; False when the
+    document has no such markers (nothing is written then)."""
+    path = Path(path)
+    document = path.read_text()
+    begin, end = markers
+    if begin not in document or end not in document:
+        return False
+    before, rest = document.split(begin, 1)
+    after = rest.split(end, 1)[1]
+    path.write_text(f"{before}{begin}\n{text}\n{end}{after}")
+    return True

@@ -128,6 +128,20 @@ class EvaluationSets:
     backdoor_labels: np.ndarray
     backdoor_original_labels: np.ndarray
 
+    def excluding(self, clean_rows: np.ndarray, backdoor_rows: np.ndarray) -> EvaluationSets:
+        """These sets without the given rows: test images a model was tuned on must not score it."""
+        clean_keep = np.ones(len(self.clean_labels), dtype=bool)
+        clean_keep[np.asarray(clean_rows, dtype=np.int64)] = False
+        backdoor_keep = np.ones(len(self.backdoor_labels), dtype=bool)
+        backdoor_keep[np.asarray(backdoor_rows, dtype=np.int64)] = False
+        return EvaluationSets(
+            clean_images=self.clean_images[torch.from_numpy(clean_keep)],
+            clean_labels=self.clean_labels[clean_keep],
+            backdoor_images=self.backdoor_images[torch.from_numpy(backdoor_keep)],
+            backdoor_labels=self.backdoor_labels[backdoor_keep],
+            backdoor_original_labels=self.backdoor_original_labels[backdoor_keep],
+        )
+
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         clean = predict(model, self.clean_images)
         backdoor = predict(model, self.backdoor_images)
