@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from hf_fst.attacks import backdoor_test_rows
 from hf_fst.benchmark import GridRunner, append_record, read_records
 from hf_fst.benchmark.config import add_strong_cell_arguments, strong_grid_config
-from hf_fst.benchmark.heldout import backdoor_source_rows, estimate, estimate_table, reference_for
+from hf_fst.benchmark.heldout import estimate, estimate_table, reference_for
 from hf_fst.benchmark.records import device_name, replace_section
 from hf_fst.tuning.search import strength_record
 
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> None:
             continue
         attack = runner.attack(dataset, attack_name, seed)
         rows = runner.tuning_index(dataset, seed, COUNT, "test").numpy()
-        source = backdoor_source_rows(data["test_labels"], attack.target_label, attack.label_mode)
+        source = backdoor_test_rows(data["test_labels"], attack)
         if (data["test_labels"][source] != evaluation.backdoor_original_labels).any():
             raise RuntimeError("the backdoor test set's rows do not follow the test split's order")
         unseen = evaluation.excluding(rows, np.flatnonzero(np.isin(source, rows)))
@@ -95,17 +96,19 @@ def run(args: argparse.Namespace) -> None:
             "full_test_before_clean_accuracy": info["before_clean_accuracy"],
         }  # fmt: skip
         append_record(results_file, record)
-        logger.info("%s %g s%d: s = %s, held-out drop %.4f, test drop %.4f, ASR %.4f", attack_name, rate,
-                    seed, record["fst_alpha_normalized"], *list(estimate(record).values())[:2],
+        found = estimate(record)
+        logger.info("%s %g s%d: s = %s, held-out drop %.4f, test drop %.4f, ASR %.4f", attack_name, rate, seed,
+                    record["fst_alpha_normalized"], found["held_out_drop"], found["test_drop"],
                     record["attack_success_rate"])  # fmt: skip
 
 
 def render(args: argparse.Namespace) -> None:
     rows = []
     for path in sorted(RESULTS.glob("*.jsonl")):
+        known = references(path.stem)  # the file is <dataset>.jsonl, read once for all its runs
         for r in read_records(path):
-            reference = reference_for(references(r["dataset"]), r["dataset"], r["attack"], r["poison_rate"],
-                                      r["seed"], r["max_accuracy_drop"], r["full_test_before_clean_accuracy"])  # fmt: skip
+            reference = reference_for(known, r["dataset"], r["attack"], r["poison_rate"], r["seed"],
+                                      r["max_accuracy_drop"], r["full_test_before_clean_accuracy"])  # fmt: skip
             if reference is None:
                 raise SystemExit(f"{path}: no training-split run for {r['attack']} seed {r['seed']}; was it removed?")
             rows += [r, {**reference, "tuning_source": "train"}]

@@ -11,8 +11,8 @@ from datasets import ClassLabel, Dataset, Features, Image
 from PIL import Image as PILImage
 from test_render import load_script
 
-from hf_fst.attacks import backdoor_test_set, get_attack
-from hf_fst.benchmark.heldout import backdoor_source_rows, estimate, estimate_table, held_out_drop, reference_for
+from hf_fst.attacks import backdoor_test_rows, backdoor_test_set, get_attack
+from hf_fst.benchmark.heldout import estimate, estimate_table, held_out_drop, reference_for
 from hf_fst.benchmark.records import replace_section
 from hf_fst.benchmark.tensors import EvaluationSets
 
@@ -76,10 +76,12 @@ def test_scoring_leaves_out_the_tuning_images_and_the_backdoor_rows_made_from_th
     test = Dataset.from_dict({"image": [PILImage.fromarray(p) for p in pixels], "label": labels}, features=features)
     attack = get_attack("blended", target_label=0)
     backdoor = backdoor_test_set(test, attack)
-    source = backdoor_source_rows(np.array(labels), attack.target_label, attack.label_mode)
+    source = backdoor_test_rows(np.array(labels), attack)
     assert source.tolist() == [1, 2, 4, 5, 6, 8, 9, 11]
     assert backdoor["original_label"] == [labels[i] for i in source]
-    assert backdoor_source_rows(np.array(labels), 0, "all-to-all").tolist() == list(range(12))
+    every = get_attack("blended", label_mode="all-to-all")
+    assert backdoor_test_rows(labels, every).tolist() == list(range(12))
+    assert backdoor_test_set(test, every)["original_label"] == labels
 
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
     backdoor_images = torch.arange(len(source))  # stand-ins that name their row

@@ -16,7 +16,7 @@ from hf_fst.attacks.base import AttackConfig
 from hf_fst.attacks.blended import BlendedConfig
 from hf_fst.attacks.lc import LCConfig
 from hf_fst.attacks.lf import LFConfig
-from hf_fst.attacks.poison import PoisonPlan, backdoor_test_set, plan_poisoning, poison_dataset
+from hf_fst.attacks.poison import PoisonPlan, backdoor_test_rows, backdoor_test_set, plan_poisoning, poison_dataset
 from hf_fst.attacks.registry import ATTACKS, get_attack, list_attacks, register_attack
 from hf_fst.attacks.sig import SIGConfig
 from hf_fst.attacks.streaming import count_poisoned, poison_iterable_dataset
@@ -37,6 +37,7 @@ __all__ = [
     "TriggerCollator",
     "TrojanNNConfig",
     "WaNetConfig",
+    "backdoor_test_rows",
     "backdoor_test_set",
     "count_poisoned",
     "get_attack",

@@ -36,7 +36,7 @@ from hf_fst.attacks.registry import get_attack
 from hf_fst.attacks.streaming import poison_iterable_dataset
 from hf_fst.columns import resolve_columns
 
-__all__ = ["PoisonPlan", "backdoor_test_set", "plan_poisoning", "poison_dataset"]
+__all__ = ["PoisonPlan", "backdoor_test_rows", "backdoor_test_set", "plan_poisoning", "poison_dataset"]
 
 # Bump when the pixels produced for a given config change, so stale caches are not reused.
 _FORMAT_VERSION = "hf-fst-poison-1"
@@ -355,6 +355,15 @@ def poison_dataset(
     )
 
 
+def backdoor_test_rows(labels: np.ndarray, attack: AttackConfig) -> np.ndarray:
+    """The rows of a split that its backdoor test set is made from, in order: those not of the target class for an
+    all-to-one attack, every row for all-to-all (so a row of the set can be traced back to its clean image)."""
+    labels = np.asarray(labels)
+    if attack.label_mode == "all-to-one":
+        return np.flatnonzero(labels != attack.target_label)
+    return np.arange(len(labels))
+
+
 def backdoor_test_set(
     dataset: Dataset,
     attack: AttackConfig | str,
@@ -379,10 +388,7 @@ def backdoor_test_set(
     labels = _read_labels(dataset, label_column)
     num_classes = _num_classes(dataset, label_column, labels)
     _check_target(attack, num_classes, label_column)
-    if attack.label_mode == "all-to-one":
-        keep = np.flatnonzero(labels != attack.target_label)
-    else:
-        keep = np.arange(len(labels))
+    keep = backdoor_test_rows(labels, attack)
     if len(keep) == 0:
         raise ValueError(
             f"dataset=: every row has the target label {attack.target_label}, so the backdoor test set is empty; "

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from hf_fst.benchmark.plots import cell
 
-__all__ = ["backdoor_source_rows", "estimate", "held_out_drop", "reference_for", "estimate_table"]
+__all__ = ["estimate", "held_out_drop", "reference_for", "estimate_table"]
 
 Record = dict[str, Any]
 
@@ -32,15 +30,6 @@ def estimate(record: Record) -> Record:
     held_out = held_out_drop(record["fst_alpha_search"])
     test = record["before_clean_accuracy"] - record["clean_accuracy"]
     return {"held_out_drop": held_out, "test_drop": test, "overstatement": held_out - test}
-
-
-def backdoor_source_rows(test_labels: np.ndarray, target_label: int, label_mode: str) -> np.ndarray:
-    """Which test row each row of the backdoor test set was made from (it keeps the rows not of the target class,
-    in order, for an all-to-one attack; every row for all-to-all)."""
-    test_labels = np.asarray(test_labels)
-    if label_mode == "all-to-one":
-        return np.flatnonzero(test_labels != target_label)
-    return np.arange(len(test_labels))
 
 
 def reference_for(records: list[Record], dataset: str, attack: str, rate: float, seed: int, budget: float,
